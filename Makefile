@@ -1,0 +1,36 @@
+# Two entry points (see README): `make demo` and `make test`.
+# Both create ./.venv and install comir into it; torch is pinned here so that this
+# machine's local CPU wheel is used (the package itself accepts any torch>=2.1).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup demo test lint format bench clean
+
+$(BIN)/comir: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_PIN)" -e ".[dev]"
+	touch $(BIN)/comir
+
+setup: $(BIN)/comir
+
+demo: setup
+	$(BIN)/comir demo --out demo-out
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache
