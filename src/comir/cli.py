@@ -30,6 +30,387 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 # ---------------------------------------------------------------------------- train / embed
 # (commands are added below, one block per command)
 
+# flag -> TrainConfig key, for options whose value is taken as given
+_TRAIN_FLAGS = (
+    "layout", "a", "b", "val", "val_fraction", "preset", "steps", "epochs", "steps_per_epoch",
+    "batch_size", "patch_size", "critic", "tau", "optimizer", "lr", "weight_decay", "l1", "l2",
+    "latent_channels", "seed", "device", "workers", "norm", "norm_b", "log_a", "log_b",
+    "equivariance",
+)  # fmt: skip
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    # Defaults are None so that flags given explicitly can override --config / a resumed run.
+    p.add_argument("data", nargs="?", metavar="DATA", help="training data folder")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to create")
+    p.add_argument("--layout", help="folders (default) | suffix | channels")
+    p.add_argument("--a", metavar="SPEC", help="modality A: sub-folder, suffix or channels")
+    p.add_argument("--b", metavar="SPEC", help="modality B: sub-folder, suffix or channels")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val", metavar="DATA", help="validation data folder (same layout)")
+    val.add_argument("--val-fraction", type=float, metavar="F", help="hold out this fraction")
+    p.add_argument("--preset", choices=("small", "paper"), help="network size (default small)")
+    p.add_argument("--steps", type=int, metavar="N", help="total steps (overrides --epochs)")
+    p.add_argument("--epochs", type=int, metavar="E", help="epochs (default 10)")
+    p.add_argument("--steps-per-epoch", type=int, metavar="S", help="steps per epoch (32)")
+    p.add_argument("--batch-size", type=int, help="pairs per batch (16)")
+    p.add_argument("--patch-size", type=int, help="patch side in pixels (128)")
+    p.add_argument("--critic", choices=("mse", "cosine", "l1", "euclidean"), help="(mse)")
+    p.add_argument("--tau", type=float, help="InfoNCE temperature (0.5)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="(adam)")
+    p.add_argument("--lr", type=float, help="learning rate (1e-3)")
+    p.add_argument("--weight-decay", type=float, help="(1e-4)")
+    p.add_argument("--l1", type=float, help="L1 activation decay (1e-4)")
+    p.add_argument("--l2", type=float, help="L2 activation decay (0.1)")
+    p.add_argument("--latent-channels", type=int, metavar="L", help="representation channels (1)")
+    p.add_argument("--seed", type=int, help="weight and data seed (0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="(auto)")
+    p.add_argument("--workers", type=int, help="data loading processes (0)")
+    p.add_argument("--norm", help="auto | none | percentile | bits:N (auto)")
+    p.add_argument("--norm-b", help="normalisation of modality B (default: --norm)")
+    p.add_argument("--log-a", action="store_const", const=True, help="log(1+x) on modality A")
+    p.add_argument("--log-b", action="store_const", const=True, help="log(1+x) on modality B")
+    p.add_argument(
+        "--no-equivariance", dest="equivariance", action="store_const", const=False,
+        help="train without the C4 rotation wrapper",
+    )  # fmt: skip
+    p.add_argument("--config", metavar="FILE", help="TOML (or run config.json) of options")
+    p.add_argument("--resume", action="store_true", help="continue RUN from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _read_config_file(path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    f = Path(path)
+    if not f.is_file():
+        raise ComirError(f"{f}: config file not found; check the --config path")
+    try:
+        if f.suffix.lower() == ".json":
+            d = json.loads(f.read_text())
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            d = tomllib.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ComirError(f"{f}: cannot be parsed ({exc}); fix the syntax") from None
+    if isinstance(d.get("train"), dict):  # a run's config.json or a [train] table
+        d = d["train"]
+    return d
+
+
+@command("train", "Train a CoMIR model pair on aligned image pairs.", _train_arguments)
+def _train_command(args: argparse.Namespace) -> int:
+    import json
+    import math
+    import time
+    from pathlib import Path
+
+    from comir.train import TrainConfig, read_metrics, train
+
+    opts: dict = {}
+    stored = Path(args.out) / "config.json"
+    if args.resume and stored.is_file():
+        try:
+            opts.update(json.loads(stored.read_text())["train"])
+        except (ValueError, KeyError, TypeError):
+            raise ComirError(f"{stored}: corrupt run configuration; cannot resume") from None
+    if args.config:
+        opts.update(_read_config_file(args.config))
+    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    if ("epochs" in given or "steps_per_epoch" in given) and "steps" not in given:
+        opts["steps"] = None
+    if "val" in given:
+        opts["val_fraction"] = 0.0
+    if "val_fraction" in given:
+        opts["val"] = None
+    opts.update(given)
+    if args.data is not None:
+        opts["data"] = args.data
+    if "data" not in opts:
+        raise ComirError("no training data given; pass DATA (or --config with a 'data' key)")
+    where = args.config or "options"
+    config = TrainConfig.from_dict(opts, where=where)
+    t0 = time.perf_counter()
+    run = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    rows = read_metrics(run / "metrics.csv")
+    vals = [r["val_loss"] for r in rows if not math.isnan(r["val_loss"])]
+    last = rows[-1] if rows else {}
+    print(
+        f"trained {int(last.get('step', 0))} steps in {time.perf_counter() - t0:.1f} s: "
+        f"loss {last.get('loss', math.nan):.4f}"
+        + (f", val_loss {vals[-1]:.4f}" if vals else "")
+        + f", representation std {last.get('out_std', math.nan):.3g}"
+    )
+    print(f"model: {run / 'model.safetensors'}  (metrics.csv, loss.png, config.json in {run})")
+    return 0
+
+
+def _embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run folder of `comir train` or sample:<name>")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    p.add_argument("--modality", required=True, type=str.lower, choices=("a", "b"))
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--format", default="tif", choices=("tif", "png", "npy"), help="(tif)")
+    p.add_argument("--tile", type=int, metavar="T", help="tile size for large images")
+    p.add_argument("--overlap", type=int, default=32, metavar="O", help="tile overlap (32)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
+
+
+@command("embed", "Turn images into CoMIRs with a trained model.", _embed_arguments)
+def _embed_command(args: argparse.Namespace) -> int:
+    import time
+
+    from comir.embed import embed_files, load_model
+
+    t0 = time.perf_counter()
+    model = load_model(args.run, device=args.device)
+    outs = embed_files(
+        model,
+        args.inputs,
+        args.modality,
+        args.out,
+        fmt=args.format,
+        tile=args.tile,
+        overlap=args.overlap,
+        skip_existing=not args.overwrite,
+    )
+    print(
+        f"embedded {len(outs)} image(s) as modality {args.modality.upper()} into {args.out} "
+        f"({args.format}, L={model.latent_channels}) in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- register / evaluation
+def _parse_options(items: list[str] | None) -> dict:
+    """``["key=value", ...]`` -> dict; values parsed as JSON when possible (numbers, bools)."""
+    import json
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ComirError(f"--option {item!r} is not KEY=VALUE; e.g. --option levels=4")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except ValueError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _register_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image file")
+    p.add_argument("moving", metavar="MOVING", help="moving image file, warped onto FIXED")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--method", default="fft", help="fft | sift | mi | elastix (fft)")
+    p.add_argument("--model", metavar="RUN", help="register CoMIRs of this run (or sample:NAME)")
+    p.add_argument(
+        "--fixed-modality", default="a", type=str.lower, choices=("a", "b"),
+        help="modality of FIXED with --model; MOVING is the other one (a)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="back-end option")
+
+
+@command("register", "Rigidly register MOVING onto FIXED (or their CoMIRs).", _register_arguments)
+def _register_command(args: argparse.Namespace) -> int:
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from comir.evaluate import to_unit_float
+    from comir.io import read_image, write_image
+    from comir.plot import plot_registration_overlay
+    from comir.register import available_methods, register
+    from comir.transform import image_center
+
+    if args.method not in available_methods():
+        raise ComirError(
+            f"unknown method {args.method!r}; available: {', '.join(available_methods())}"
+        )
+    fixed, moving = read_image(args.fixed), read_image(args.moving)
+    if args.model:
+        from comir.embed import load_model
+
+        model = load_model(args.model, device=args.device)
+        fm = args.fixed_modality
+        f_in = model.embed(fixed, fm, where=args.fixed)
+        m_in = model.embed(moving, "b" if fm == "a" else "a", where=args.moving)
+    else:
+        f_in, m_in = to_unit_float(fixed), to_unit_float(moving)
+    res = register(f_in, m_in, method=args.method, **_parse_options(args.option))
+    if not res.ok:
+        print(f"comir register: registration failed: {res.status}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    center = image_center(moving.shape)
+    score = float(res.score) if math.isfinite(res.score) else None
+    res.transform.save_json(
+        out / "transform.json", center=center, method=args.method, score=score,
+        model=args.model, fixed=str(args.fixed), moving=str(args.moving),
+    )  # fmt: skip
+    res.transform.save_tfm(out / "transform.tfm", center=center)
+    warped = res.transform.warp(moving, fixed.shape[:2])
+    suffix = Path(args.moving).suffix.lower()
+    reg_path = write_image(out / f"{Path(args.moving).stem}_registered{suffix}", warped)
+    plot_registration_overlay(
+        fixed, moving, warped, out / "overlay.png",
+        title=f"{args.method}{' on CoMIRs' if args.model else ''}: "
+        f"{res.transform.angle_deg:.2f}°, t = {np.round(res.transform.translation_about(center), 2)}",
+    )  # fmt: skip
+    t = res.transform.translation_about(center)
+    print(
+        f"{args.method}: rotation {res.transform.angle_deg:.3f}°, translation "
+        f"({t[0]:.2f}, {t[1]:.2f}) px about the moving centre, score {res.score:.4g}, "
+        f"{res.seconds:.2f} s"
+    )
+    print(f"wrote {out / 'transform.json'}, transform.tfm, {reg_path.name}, overlay.png")
+    return 0
+
+
+def _make_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="folder of aligned image pairs")
+    p.add_argument("--layout", default="folders", help="folders | suffix | channels (folders)")
+    p.add_argument("--a", default="A", metavar="SPEC", help="modality A: folder, suffix, channels")
+    p.add_argument("--b", default="B", metavar="SPEC", help="modality B: folder, suffix, channels")
+    p.add_argument("--out", required=True, metavar="EVAL", help="evaluation set folder")
+    p.add_argument("--width", type=int, default=300, metavar="W", help="patch width (300)")
+    p.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3, 4], metavar="K")
+    p.add_argument("--per-image", type=int, metavar="K", help="patches per image (all regions)")
+    p.add_argument("--seed", type=int, default=0, help="(0)")
+    p.add_argument("--norm", default="auto", help="auto | none | percentile | bits:N (auto)")
+    p.add_argument("--norm-b", help="normalisation of modality B (default: --norm)")
+    p.add_argument("--log-a", action="store_true", help="log(1+x) on modality A")
+    p.add_argument("--log-b", action="store_true", help="log(1+x) on modality B")
+    p.add_argument("--bits", type=int, default=16, choices=(8, 16), help="image bit depth (16)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command("make-eval", "Cut a public-protocol evaluation set from pairs.", _make_eval_arguments)
+def _make_eval_command(args: argparse.Namespace) -> int:
+    import json
+
+    from comir.evaluate import make_eval
+
+    out = make_eval(
+        args.data, layout=args.layout, a=args.a, b=args.b, out=args.out, width=args.width,
+        levels=args.levels, per_image=args.per_image, seed=args.seed, norm=args.norm,
+        norm_b=args.norm_b, log_a=args.log_a, log_b=args.log_b, bits=args.bits,
+        progress=not args.quiet,
+    )  # fmt: skip
+    info = json.loads((out / "eval_info.json").read_text())
+    print(
+        f"wrote {info['n_per_level']} pairs × {len(info['levels'])} level(s) of "
+        f"{info['width']} px patches to {out} (patch_tlevel{{{','.join(map(str, info['levels']))}}})"
+    )
+    return 0
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("eval_dir", metavar="EVAL", help="evaluation set (ours or MultiRegEval)")
+    p.add_argument("--method", default="fft", help="fft | sift | mi | elastix (fft)")
+    p.add_argument("--model", metavar="RUN", help="register CoMIRs of this run (or sample:NAME)")
+    p.add_argument("--direction", default="b2a", choices=("b2a", "a2b", "a2a", "b2b"))
+    p.add_argument("--out", required=True, metavar="RES", help="results folder")
+    p.add_argument("--workers", type=int, metavar="N", help="registration processes (≤ 4)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="back-end option")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command("evaluate", "Register and score every pair of an evaluation set.", _evaluate_arguments)
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from comir.evaluate import evaluate
+
+    s = evaluate(
+        args.eval_dir, method=args.method, model=args.model, direction=args.direction,
+        out=args.out, workers=args.workers, progress=not args.quiet,
+        **_parse_options(args.option),
+    )  # fmt: skip
+    rates = ", ".join(
+        f"{'all' if k == 'all' else 'L' + k} {v:.3f}" for k, v in s["success_rate"].items()
+    )
+    med = s["median_error"]
+    print(
+        f"{s['method']}{' on CoMIRs' if s['model'] else ''} ({s['direction']}), "
+        f"{s['n_pairs']} pairs: success {rates}; median error "
+        f"{'inf' if med is None else f'{med:.2f}'} px (threshold {s['threshold_px']:.2f} px), "
+        f"{s['seconds_per_pair']:.3f} s/pair"
+    )
+    print(f"wrote {args.out}/results.csv, summary.json, success_vs_threshold.png")
+    return 0
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", metavar="RES", help="folders from comir evaluate")
+    p.add_argument("--out", metavar="DIR", help="write compare.md and compare.png here")
+
+
+@command("compare", "Compare evaluation results side by side.", _compare_arguments)
+def _compare_command(args: argparse.Namespace) -> int:
+    from comir.evaluate import compare
+
+    print(compare(args.results, out=args.out), end="")
+    if args.out:
+        print(f"wrote {args.out}/compare.md, compare.png")
+    return 0
+
+
+# ---------------------------------------------------------------------------- synth
+def _size_arg(text: str) -> tuple[int, int]:
+    """``"256"`` -> (256, 256); ``"192x256"`` -> (H, W) = (192, 256)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}; use e.g. 256 or 192x256"
+        ) from None
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; use e.g. 256 or 192x256")
+    return (parts[0], parts[-1])
+
+
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    from comir.synth import DIFFICULTIES, FORMATS
+
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (A/ and B/)")
+    p.add_argument("--n", required=True, type=int, metavar="N", help="number of pairs")
+    p.add_argument("--size", type=_size_arg, default=(256, 256), metavar="S", help="S or HxW (256)")
+    p.add_argument("--difficulty", default="medium", choices=DIFFICULTIES, help="(medium)")
+    p.add_argument("--seed", type=int, default=0, help="(0)")
+    p.add_argument("--format", default="png", choices=FORMATS, help="(png, 16-bit)")
+    p.add_argument("--bits", type=int, default=16, choices=(8, 16), help="PNG/TIFF bit depth (16)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command("synth", "Write synthetic aligned multimodal pairs (folders layout).", _synth_arguments)
+def _synth_command(args: argparse.Namespace) -> int:
+    import time
+
+    from comir.synth import write_synth
+
+    t0 = time.perf_counter()
+    out = write_synth(
+        args.out,
+        args.n,
+        size=args.size,
+        difficulty=args.difficulty,
+        seed=args.seed,
+        fmt=args.format,
+        bits=args.bits,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {args.n} {args.difficulty} pair(s) of {args.size[0]}x{args.size[1]} to {out}/A and "
+        f"{out}/B in {time.perf_counter() - t0:.1f} s; train with `comir train {out} --out RUN`"
+    )
+    return 0
+
 
 # ---------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:

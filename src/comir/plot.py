@@ -20,3 +20,185 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------- evaluation
+def plot_success_curves(
+    thresholds_px, curves: dict, width: float, path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Success rate vs error threshold, one line per entry of ``curves``.
+
+    Parameters
+    ----------
+    thresholds_px : array (T,)
+        Thresholds in pixels.
+    curves : dict of str -> array (T,)
+        Success rate at each threshold (e.g. one per level and ``"all"``).
+    width : float
+        Patch width w; the top axis shows thresholds in % of w and the protocol's
+        2 % success threshold is marked.
+    """
+    import numpy as np
+
+    t = np.asarray(thresholds_px, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, rate) in enumerate(curves.items()):
+        style = dict(color="k", lw=2.2) if label == "all" else dict(color=f"C{i}", lw=1.4)
+        ax.plot(t, np.asarray(rate, dtype=float), label=label, **style)
+    ax.axvline(0.02 * width, color="grey", ls="--", lw=1)
+    ax.text(0.02 * width, 0.02, " 2 % of w", color="grey", va="bottom")
+    ax.set_xlim(t[0], t[-1])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("error threshold (px)")
+    ax.set_ylabel("success rate")
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda x: 100 * x / width, lambda p: p * width / 100)
+    )
+    top.set_xlabel("error threshold (% of patch width)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_compare(
+    runs: list[str],
+    levels: list[str],
+    rates: list[list[float]],
+    thresholds_px,
+    curves: list,
+    width: float,
+    path: str | os.PathLike,
+) -> Path:
+    """Grouped bars of success per level (+ all) per run, and every run's success curve.
+
+    Parameters
+    ----------
+    runs : list of str
+        Run names (R).
+    levels : list of str
+        Level labels (K); bars are drawn for each level and ``all``.
+    rates : list of R lists of K + 1 floats
+        Success rates per level, then overall.
+    thresholds_px : array (T,)
+    curves : list of R arrays (T,)
+        Overall success rate vs threshold of each run.
+    width : float
+        Patch width (marks the 2 % threshold).
+    """
+    import numpy as np
+
+    groups = [f"L{k}" for k in levels] + ["all"]
+    r = np.asarray(rates, dtype=float).reshape(len(runs), len(groups))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    x = np.arange(len(groups))
+    bw = 0.8 / max(len(runs), 1)
+    for i, name in enumerate(runs):
+        ax1.bar(x + (i - (len(runs) - 1) / 2) * bw, r[i], bw, label=name, color=f"C{i % 10}")
+    ax1.set_xticks(x, groups)
+    ax1.set_ylim(0, 1.05)
+    ax1.set_ylabel("success rate (error ≤ 2 % of w)")
+    ax1.grid(axis="y", alpha=0.3)
+    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(len(runs), 3))
+    t = np.asarray(thresholds_px, dtype=float)
+    for i, (name, c) in enumerate(zip(runs, curves)):
+        ax2.plot(t, np.asarray(c, dtype=float), label=name, color=f"C{i % 10}")
+    ax2.axvline(0.02 * width, color="grey", ls="--", lw=1)
+    ax2.set_xlim(t[0], t[-1])
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("error threshold (px)")
+    ax2.set_ylabel("success rate (all levels)")
+    top = ax2.secondary_xaxis(
+        "top", functions=(lambda v: 100 * v / width, lambda p: p * width / 100)
+    )
+    top.set_xlabel("% of patch width")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+def _display(image):
+    """Any ``(H, W[, C])`` image → float ``(H, W)`` or ``(H, W, 3)`` in [0, 1] for display."""
+    import numpy as np
+
+    x = np.asarray(image, dtype=np.float64)
+    if x.ndim == 3 and x.shape[2] not in (1, 3):
+        x = x[..., :3] if x.shape[2] > 3 else x.mean(axis=2)
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[..., 0]
+    lo, hi = np.percentile(x, [0.5, 99.5])
+    return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
+
+
+def _grey(image):
+    d = _display(image)
+    return d.mean(axis=2) if d.ndim == 3 else d
+
+
+def colour_overlay(fixed, moving):
+    """Green = fixed, magenta = moving (grey where they agree); ``(H, W, 3)`` in [0, 1]."""
+    import numpy as np
+
+    f, m = _grey(fixed), _grey(moving)
+    return np.stack([m, f, m], axis=-1)
+
+
+def plot_registration_overlay(
+    fixed, moving, registered, path: str | os.PathLike, title: str = ""
+) -> Path:
+    """2×2 figure: fixed, moving, colour overlay before and after registration.
+
+    ``moving`` is shown in the fixed frame without transformation for "before" (cropped or
+    zero-padded at the bottom/right to the fixed size); ``registered`` is the moving image
+    warped into the fixed frame.
+    """
+    import numpy as np
+
+    h, w = np.asarray(fixed).shape[:2]
+    mv = np.asarray(moving)
+    before = np.zeros((h, w) + mv.shape[2:], dtype=np.float64)
+    hh, ww = min(h, mv.shape[0]), min(w, mv.shape[1])
+    before[:hh, :ww] = mv[:hh, :ww]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 9))
+    panels = [
+        (_display(fixed), "fixed"),
+        (_display(moving), "moving"),
+        (colour_overlay(fixed, before), "before (green = fixed, magenta = moving)"),
+        (colour_overlay(fixed, registered), "after registration"),
+    ]
+    for ax, (img, label) in zip(axes.ravel(), panels):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_loss(metrics_rows: list[dict], path: str | os.PathLike) -> Path:
+    """Training loss per step (raw and smoothed) and validation loss per epoch.
+
+    ``metrics_rows`` are rows of ``metrics.csv`` (keys ``step``, ``loss``, ``val_loss``;
+    NaN where a value is missing).
+    """
+    import numpy as np
+
+    step = np.array([float(r["step"]) for r in metrics_rows])
+    loss = np.array([float(r["loss"]) for r in metrics_rows])
+    val = np.array([float(r.get("val_loss", np.nan)) for r in metrics_rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if len(step):
+        ax.plot(step, loss, color="C0", alpha=0.3, lw=0.8)
+        k = max(1, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(step[k - 1 :], smooth, color="C0", label="train")
+        has_val = np.isfinite(val)
+        if has_val.any():
+            ax.plot(step[has_val], val[has_val], "o-", color="C1", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    return save_figure(fig, path)

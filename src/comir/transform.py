@@ -70,14 +70,20 @@ def image_center(shape: tuple[int, ...]) -> tuple[float, float]:
     return ((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
 
 
-def patch_corners(width: float, height: float | None = None) -> np.ndarray:
+def patch_corners(width: float, height: float | None = None, origin: str = "edges") -> np.ndarray:
     """Outer corners of a ``width × height`` patch, ``(4, 2)``.
 
     Order as in the public evaluation protocol: upper-left, lower-left, lower-right,
     upper-right, at the outer pixel edges (``-0.5`` and ``size - 0.5``).
+    ``origin="multiregeval"`` gives the values the MultiRegEval ``info_test.csv`` files hold
+    instead, ``0`` and ``size`` (half a pixel off the edges in this frame; see
+    :mod:`comir.evaluate`).
     """
     h = width if height is None else height
-    lo_x, hi_x, lo_y, hi_y = -0.5, width - 0.5, -0.5, h - 0.5
+    if origin not in ("edges", "multiregeval"):
+        raise ValueError(f"origin must be 'edges' or 'multiregeval', got {origin!r}")
+    off = 0.0 if origin == "multiregeval" else -0.5
+    lo_x, hi_x, lo_y, hi_y = off, width + off, off, h + off
     return np.array([[lo_x, lo_y], [lo_x, hi_y], [hi_x, hi_y], [hi_x, lo_y]])
 
 

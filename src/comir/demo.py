@@ -1,0 +1,219 @@
+"""End-to-end demonstration on the bundled Sentinel-2 RGB/NIR sample.
+
+:func:`run_demo` loads (or trains) a model on the left half of the scene, builds a public-
+protocol evaluation set (levels 1–4) from the right half, which training never saw,
+registers every pair with the raw baselines and with CoMIR + each back-end, prints the
+comparison table and writes ``report.html`` with the figures.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from comir.errors import ComirError
+
+SAMPLE = "sentinel2"
+#: Patch width of the demo's evaluation set: the held-out half is 300×150 px.
+EVAL_WIDTH = 96
+METHODS = ("fft", "sift", "mi")
+
+
+def _demo_train_config(train_dir: Path, quick: bool):
+    """The `comir train` recipe of the shipped sample model (see docs/reproduce.md)."""
+    from comir.train import TrainConfig
+
+    return TrainConfig(
+        data=str(train_dir),
+        layout="channels",
+        a="0:3",
+        b="3",
+        val_fraction=0.25,
+        preset="small",
+        epochs=3 if quick else 12,
+        steps_per_epoch=32,
+        batch_size=16,
+        patch_size=64,
+        critic="mse",
+        tau=0.5,
+        l2=0.1,
+        seed=0,
+    )
+
+
+def run_demo(
+    out: str | Path = "demo-out",
+    train: bool = False,
+    quick: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the demo and return its summary (also written to ``out/summary.json``).
+
+    Parameters
+    ----------
+    out : path
+        Output folder; ``report.html`` lands there.
+    train : bool
+        Train a model on the training half instead of loading the shipped one.
+    quick : bool
+        A smaller evaluation set (and a shorter training with ``train``), for smoke tests.
+    workers : int, optional
+        Registration processes (default: up to 4).
+    """
+    from comir import samples
+    from comir.embed import load_model
+    from comir.evaluate import compare, evaluate, make_eval
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    work = out / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    train_dir = samples.export_sample(SAMPLE, work / "train", split="train")
+    hold_dir = samples.export_sample(SAMPLE, work / "holdout", split="holdout")
+    info = samples.sample(SAMPLE)
+
+    if train:
+        from comir.train import train as train_model
+
+        run_dir = train_model(_demo_train_config(train_dir, quick), out / "model", progress=progress)
+        model_ref: str | Path = run_dir
+    else:
+        model_ref = f"sample:{SAMPLE}"
+    model = load_model(model_ref)
+
+    eval_dir = make_eval(
+        hold_dir,
+        layout=info["layout"],
+        a=info["a_spec"],
+        b=info["b_spec"],
+        out=work / "eval",
+        width=EVAL_WIDTH,
+        levels=(1, 2, 3, 4),
+        per_image=3 if quick else 12,
+        seed=0,
+    )
+    methods = ("fft", "mi") if quick else METHODS
+    res_dirs = []
+    for name, mdl in (("raw", None), ("comir", model)):
+        for method in methods:
+            res = out / "results" / f"{name}-{method}"
+            evaluate(
+                eval_dir, method=method, model=mdl, out=res, workers=workers, progress=progress
+            )
+            res_dirs.append(res)
+    table = compare(res_dirs, out=out)
+    print(table)
+
+    figures = _figures(model, info, hold_dir, eval_dir, out, model_ref)
+    summary = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "model": str(model_ref),
+        "eval_width": EVAL_WIDTH,
+        "runs": {
+            p.name: json.loads((p / "summary.json").read_text()) for p in res_dirs
+        },
+        "figures": {k: str(v.relative_to(out)) for k, v in figures.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_report(out, table, summary)
+    print(f"report: {out / 'report.html'}  ({summary['seconds']:.0f} s)")
+    return summary
+
+
+def _figures(model, info: dict, hold_dir: Path, eval_dir: Path, out: Path, model_ref) -> dict:
+    """Pictures for the report: CoMIRs, an example registration, loss and equivariance curves."""
+    from comir import plot
+    from comir.equivariance import equivariance_correlation
+    from comir.io import read_image
+
+    figs: dict[str, Path] = {}
+    raw = read_image(next(p for p in sorted(hold_dir.iterdir()) if p.is_file()))
+    za = model.embed(raw, "a")
+    zb = model.embed(raw, "b")
+    prep_a = model.data.prepare(raw, "a")
+    prep_b = model.data.prepare(raw, "b")
+    figs["comirs"] = plot.plot_modalities_and_comirs(
+        prep_a, prep_b, za, zb, out / "figures" / "comirs.png"
+    )
+    angles = np.arange(0, 361, 5, dtype=float)
+    corr_a = equivariance_correlation(lambda x: model.embed(x, "a"), raw, angles)
+    corr_b = equivariance_correlation(lambda x: model.embed(x, "b"), raw, angles)
+    figs["equivariance"] = plot.plot_equivariance(
+        angles, {"modality A (RGB)": corr_a, "modality B (NIR)": corr_b},
+        out / "figures" / "equivariance.png",
+    )
+    metrics = _metrics_csv(model_ref)
+    if metrics is not None:
+        figs["loss"] = out / "figures" / "loss.png"
+        shutil.copyfile(metrics, figs["loss"])
+    figs["example"] = plot.plot_example_registrations(
+        eval_dir, out / "results", out / "figures" / "examples.png", model=model
+    )
+    for key in ("compare",):
+        p = out / f"{key}.png"
+        if p.exists():
+            figs[key] = p
+    return figs
+
+
+def _metrics_csv(model_ref) -> Path | None:
+    from comir import samples
+
+    run = samples.model_dir(SAMPLE) if str(model_ref).startswith("sample:") else Path(model_ref)
+    p = run / "loss.png"
+    return p if p.exists() else None
+
+
+def _write_report(out: Path, table: str, summary: dict) -> None:
+    from comir.io import write_text
+
+    figs = summary["figures"]
+    captions = {
+        "compare": "Success rate per level (left) and success rate vs threshold (right).",
+        "example": "Example registrations from the evaluation set: fixed RGB, moving NIR, "
+        "colour overlays before and after registration.",
+        "comirs": "The held-out half of the scene: both modalities and their CoMIRs.",
+        "equivariance": "Rotation equivariance: Pearson correlation of f(rotate(x)) with "
+        "rotate(f(x)) for rotation angles over the full circle.",
+        "loss": "Training and validation loss of the model.",
+    }
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>comir demo report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 8px;"
+        "text-align:right}img{max-width:100%}figcaption{color:#444}</style></head><body>",
+        "<h1>comir demo</h1>",
+        f"<p>Model: <code>{html.escape(summary['model'])}</code>; evaluation patches "
+        f"{summary['eval_width']} px wide from the held-out half of the Sentinel-2 scene; "
+        f"success = corner error ≤ 2 % of the width. Total time {summary['seconds']:.0f} s.</p>",
+        "<h2>Success rates</h2>",
+        _markdown_table_to_html(table),
+    ]
+    for key in ("compare", "example", "comirs", "equivariance", "loss"):
+        if key in figs:
+            parts.append(
+                f"<figure><img src='{html.escape(figs[key])}'>"
+                f"<figcaption>{html.escape(captions[key])}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    write_text(out / "report.html", "\n".join(parts) + "\n")
+
+
+def _markdown_table_to_html(table: str) -> str:
+    rows = [r.strip().strip("|").split("|") for r in table.strip().splitlines() if r.strip()]
+    rows = [r for r in rows if not set("".join(r)) <= set("-: ")]
+    if not rows:
+        raise ComirError("empty comparison table")
+    head, body = rows[0], rows[1:]
+    th = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+    trs = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body
+    )
+    return f"<table><tr>{th}</tr>{trs}</table>"

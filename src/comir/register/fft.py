@@ -1,0 +1,456 @@
+"""Global rigid registration by a rotation sweep × FFT masked normalised cross-correlation.
+
+No initial guess is needed: every rotation of the full circle (or ``±max_angle``) is tried
+on a coarse pyramid level, the translation for each angle comes from one masked NCC
+surface computed in the Fourier domain, and the best few candidates are refined on finer
+levels (local shift windows, sub-pixel parabolic peak fit, sub-degree parabolic angle fit).
+
+The masked NCC follows Padfield, "Masked object registration in the Fourier domain",
+IEEE TIP 21(5), 2012: for a shift ``s`` every sum runs over the overlap of the fixed
+image and the rotated moving image only, so pixels outside the rotated moving image (and
+the zero padding) never count, and shifts whose overlap is a small fraction of the images
+are rejected instead of winning by accident. Multichannel inputs (e.g. 3-channel CoMIRs)
+use the mean over channels of the per-channel NCC.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+
+from comir.errors import ComirError
+from comir.register.base import RegistrationResult, check_image, fft_workers, timed, to_gray
+from comir.transform import RigidTransform, image_center, rigid_matrix
+
+_VAR_EPS = 1e-4  # variance floor (per pixel) of the unit-variance inputs
+
+
+@dataclass
+class _Level:
+    """One pyramid level: block-mean downsampled ``(C, H, W)`` images."""
+
+    factor: int
+    fixed: np.ndarray
+    moving: np.ndarray
+    spectra: dict = field(default_factory=dict)
+
+    @property
+    def scale(self) -> np.ndarray:
+        """3×3 matrix mapping level pixel coordinates to full-resolution coordinates."""
+        f = float(self.factor)
+        return np.array([[f, 0.0, (f - 1) / 2], [0.0, f, (f - 1) / 2], [0.0, 0.0, 1.0]])
+
+    def fixed_spectra(self, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+        """``rfft2`` of ``[fixed, fixed²]`` placed at ``offset`` in a zero array of ``shape``.
+
+        Returns ``(2C, P0, P1 // 2 + 1)`` complex; cached per ``(shape, offset)``.
+        """
+        key = (shape, offset)
+        if key not in self.spectra:
+            f = self.fixed
+            c, h, w = f.shape
+            buf = np.zeros((2 * c, *shape), np.float32)
+            buf[:c, offset[0] : offset[0] + h, offset[1] : offset[1] + w] = f
+            buf[c:, offset[0] : offset[0] + h, offset[1] : offset[1] + w] = f * f
+            self.spectra[key] = sfft.rfft2(buf, workers=fft_workers())
+        return self.spectra[key]
+
+
+def _standardise(img: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` → ``(C, H, W)`` float32, each channel zero mean and unit variance."""
+    x = np.moveaxis(img, -1, 0).astype(np.float32)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    std = x.std(axis=(1, 2), keepdims=True)
+    return np.ascontiguousarray((x - mean) / np.where(std > 0, std, 1.0))
+
+
+def _downsample(x: np.ndarray, f: int) -> np.ndarray:
+    """Block mean of ``(C, H, W)`` by an integer factor (border remainder dropped).
+
+    Level pixel ``i`` covers full-resolution pixels ``f·i … f·i + f − 1``, so its centre is
+    at full-resolution coordinate ``f·i + (f − 1)/2``.
+    """
+    if f == 1:
+        return x
+    c, h, w = x.shape
+    h2, w2 = h // f, w // f
+    return x[:, : h2 * f, : w2 * f].reshape(c, h2, f, w2, f).mean(axis=(2, 4))
+
+
+def _warp_batch(
+    img: np.ndarray, inv: np.ndarray, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinearly sample ``img`` for a batch of affine maps in one ``grid_sample`` call.
+
+    Parameters
+    ----------
+    img : ndarray, shape (C, H, W)
+    inv : ndarray, shape (A, 3, 3)
+        Maps output pixel coordinates ``(x, y, 1)`` to ``img`` coordinates.
+    out_shape : (Ho, Wo)
+
+    Returns
+    -------
+    values : ndarray, shape (A, C, Ho, Wo), float32; zero outside the image
+    mask : ndarray, shape (A, Ho, Wo), float32; 1 where both bilinear neighbours exist
+    """
+    import torch
+    import torch.nn.functional as tf
+
+    c, h, w = img.shape
+    ho, wo = out_shape
+    ys, xs = np.mgrid[0:ho, 0:wo].astype(np.float64)
+    src_x = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]
+    src_y = inv[:, 1, 0, None, None] * xs + inv[:, 1, 1, None, None] * ys + inv[:, 1, 2, None, None]
+    eps = 1e-6
+    mask = (src_x >= -eps) & (src_x <= w - 1 + eps) & (src_y >= -eps) & (src_y <= h - 1 + eps)
+    grid = np.stack([src_x * (2.0 / (w - 1)) - 1.0, src_y * (2.0 / (h - 1)) - 1.0], axis=-1)
+    a = inv.shape[0]
+    with torch.no_grad():
+        out = tf.grid_sample(
+            torch.from_numpy(img)[None].expand(a, c, h, w),
+            torch.from_numpy(grid.astype(np.float32)),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        ).numpy()
+    m = mask.astype(np.float32)
+    return out * m[:, None], m
+
+
+def _window_sums_1d(g: np.ndarray, axis: int, size: int, lo: int, n: int) -> np.ndarray:
+    """Sums of ``g`` along ``axis`` over ``[−s, size − s)`` for the shifts ``s = lo … lo + n − 1``.
+
+    Indices outside ``g`` count as zero. Uses one cumulative sum padded at both ends so
+    that every window is a difference of two (reversed) slices.
+    """
+    g = np.moveaxis(g, axis, -1)
+    length = g.shape[-1]
+    hi = lo + n - 1
+    pad = max(0, hi, size - lo - length)
+    cum = np.zeros(g.shape[:-1] + (length + 1 + 2 * pad,), g.dtype)
+    np.cumsum(g, axis=-1, out=cum[..., pad + 1 : pad + 1 + length])
+    cum[..., pad + 1 + length :] = cum[..., pad + length, None]
+    end0, start0 = size - lo + pad, -lo + pad  # window ends/starts for s = lo, decreasing
+    ends = cum[..., end0 - n + 1 : end0 + 1][..., ::-1]
+    starts = cum[..., start0 - n + 1 : start0 + 1][..., ::-1]
+    return np.moveaxis(ends - starts, -1, axis)
+
+
+def _masked_ncc(
+    level: _Level,
+    canvas: np.ndarray,
+    mask: np.ndarray,
+    lo: tuple[int, int],
+    hi: tuple[int, int],
+    min_overlap: float,
+) -> np.ndarray:
+    """Masked NCC of the fixed image with a batch of masked moving canvases.
+
+    Parameters
+    ----------
+    canvas : ndarray, shape (A, C, Hc, Wc)
+        Moving image warped into canvas coordinates, zero outside ``mask``.
+    mask : ndarray, shape (A, Hc, Wc)
+    lo, hi : (int, int)
+        Inclusive shift range ``(sy, sx)`` to evaluate, ``lo ≤ 0``.
+
+    Returns
+    -------
+    ndarray, shape (A, ny, nx), float32
+        Entry ``[a, i, j]`` is the channel-mean NCC for the shift ``s = lo + (i, j)`` such
+        that ``fixed(q) ≈ canvas[a](q − s)``; ``-inf`` where the overlap is below
+        ``min_overlap`` of the smaller image.
+    """
+    a, c, hc, wc = canvas.shape
+    hf, wf = level.fixed.shape[1:]
+    ny, nx = hi[0] - lo[0] + 1, hi[1] - lo[1] + 1
+    # Padding at which the circular correlation equals the linear one for every requested
+    # shift (no wrapped copy of the canvas reaches the fixed image). The fixed image sits at
+    # offset −lo so that output index i is the shift lo + i.
+    shape = (
+        sfft.next_fast_len(max(hc + hi[0], hf - lo[0]), True),
+        sfft.next_fast_len(max(wc + hi[1], wf - lo[1]), True),
+    )
+    workers = fft_workers()
+    fspec = level.fixed_spectra(shape, (-lo[0], -lo[1]))
+    ff, fff = fspec[:c], fspec[c:]
+    spec = sfft.rfft2(np.concatenate([mask[:, None], canvas], axis=1), s=shape, workers=workers)
+    mm_c = np.conj(spec[:, :1])
+    mv_c = np.conj(spec[:, 1:])
+    # Σ_q f(q) g(q − s) = irfft2(F · conj(G)): the three sums that involve the fixed image.
+    prods = np.concatenate([ff * mm_c, fff * mm_c, ff * mv_c], axis=1)
+    sums = sfft.irfft2(prods, s=shape, workers=workers)[..., :ny, :nx]
+    sf, sff, sfm = sums[:, :c], sums[:, c : 2 * c], sums[:, 2 * c :]
+    # The fixed mask is a box, so the moving-side sums are summed-area (cumsum) windows.
+    g = np.concatenate([mask[:, None], canvas, canvas * canvas], axis=1)
+    box = _window_sums_1d(_window_sums_1d(g, -2, hf, lo[0], ny), -1, wf, lo[1], nx)
+    n = np.rint(box[:, 0])
+    sm, smm = box[:, 1 : 1 + c], box[:, 1 + c :]
+    nn = np.maximum(n, 1.0)[:, None]
+    var_f = np.maximum(sff - sf * sf / nn, _VAR_EPS * nn)
+    var_m = np.maximum(smm - sm * sm / nn, _VAR_EPS * nn)
+    ncc = ((sfm - sf * sm / nn) / np.sqrt(var_f * var_m)).mean(axis=1)
+    area_m = mask.sum(axis=(1, 2))
+    need = np.maximum(min_overlap * np.minimum(float(hf * wf), area_m), 4.0)
+    return np.where(n >= need[:, None, None], ncc, -np.inf).astype(np.float32)
+
+
+def _parabola(
+    left: np.ndarray, mid: np.ndarray, right: np.ndarray, limit: float = 0.5
+) -> np.ndarray:
+    """Vertex offset of the parabola through three equally spaced samples, in samples.
+
+    Clipped to ``[-limit, limit]``; 0 where a neighbour is missing or the parabola is
+    not concave.
+    """
+    den = left - 2 * mid + right
+    ok = np.isfinite(left) & np.isfinite(right) & (den < 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        off = np.where(ok, 0.5 * (left - right) / np.where(ok, den, -1.0), 0.0)
+    return np.clip(off, -limit, limit)
+
+
+def _peaks(ncc: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best score and sub-pixel shift per angle of NCC surfaces ``(A, ny, nx)``.
+
+    Returns
+    -------
+    score : ndarray, shape (A,)
+    shift : ndarray, shape (A, 2), (x, y); parabolic peak fit along each axis
+    """
+    a, ny, nx = ncc.shape
+    pad = np.pad(ncc, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    flat = ncc.reshape(a, -1).argmax(axis=1)
+    iy, ix = np.divmod(flat, nx)
+    rows = np.arange(a)
+    best = ncc[rows, iy, ix]
+    dy = _parabola(pad[rows, iy, ix + 1], best, pad[rows, iy + 2, ix + 1])
+    dx = _parabola(pad[rows, iy + 1, ix], best, pad[rows, iy + 1, ix + 2])
+    return best, np.stack([sx[ix] + dx, sy[iy] + dy], axis=1)
+
+
+def _with_shift(mats: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Prepend a translation by ``shift`` ``(A, 2)`` to matrices ``(A, 3, 3)``."""
+    out = mats.copy()
+    out[:, :2, 2] += shift
+    return out
+
+
+def _global_search(
+    level: _Level, angles_deg: np.ndarray, min_overlap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full-shift masked NCC for every angle on one level.
+
+    Returns
+    -------
+    score : ndarray, shape (A,)
+    mats : ndarray, shape (A, 3, 3)
+        Level moving → level fixed matrices at each angle's best shift.
+    """
+    cm, hm, wm = level.moving.shape
+    hf, wf = level.fixed.shape[1:]
+    side = math.ceil(math.hypot(hm, wm)) + 2
+    c_m = np.array(image_center((hm, wm)))
+    c_f = np.array(image_center((hf, wf)))
+    c_c = np.array([(side - 1) / 2.0, (side - 1) / 2.0])
+    origin = np.round(c_f - c_c)  # canvas pixel k sits at fixed coordinate k + origin
+    mats = np.stack([rigid_matrix(math.radians(a), tuple(c_f - c_m), tuple(c_m)) for a in angles_deg])
+    shift_o = np.eye(3)
+    shift_o[:2, 2] = origin
+    inv = np.linalg.inv(mats) @ shift_o
+    canvas, mask = _warp_batch(level.moving, inv, (side, side))
+    lo, hi = (1 - side, 1 - side), (hf - 1, wf - 1)
+    ncc = _masked_ncc(level, canvas, mask, lo, hi, min_overlap)
+    score, s = _peaks(ncc, np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1))
+    return score, _with_shift(mats, s - origin)
+
+
+def _local_search(
+    level: _Level, mats_full: np.ndarray, window: int, min_overlap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine the translation of full-resolution candidates within ``±window`` level pixels.
+
+    Returns scores ``(A,)`` and refined full-resolution matrices ``(A, 3, 3)``.
+    """
+    s, s_inv = level.scale, np.linalg.inv(level.scale)
+    mats = s_inv @ mats_full @ s
+    hf, wf = level.fixed.shape[1:]
+    m = int(window)
+    origin = np.array([-m, -m], dtype=float)
+    shift_o = np.eye(3)
+    shift_o[:2, 2] = origin
+    canvas, mask = _warp_batch(level.moving, np.linalg.inv(mats) @ shift_o, (hf + 2 * m, wf + 2 * m))
+    ncc = _masked_ncc(level, canvas, mask, (-2 * m, -2 * m), (0, 0), min_overlap)
+    score, sh = _peaks(ncc, np.arange(-2 * m, 1), np.arange(-2 * m, 1))
+    return score, s @ _with_shift(mats, sh - origin) @ s_inv
+
+
+def _angle_candidates(score: np.ndarray, circular: bool, k: int) -> np.ndarray:
+    """Indices of the ``k`` best local maxima of ``score`` over angle."""
+    if circular:
+        left, right = np.roll(score, 1), np.roll(score, -1)
+    else:
+        left = np.concatenate([[-np.inf], score[:-1]])
+        right = np.concatenate([score[1:], [-np.inf]])
+    peaks = np.flatnonzero((score >= left) & (score >= right) & np.isfinite(score))
+    if peaks.size == 0:
+        return peaks
+    return peaks[np.argsort(-score[peaks])][:k]
+
+
+def _set_angles(mats_full: np.ndarray, angles_deg: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Matrices with new rotation angles, keeping the translation about ``center``."""
+    out = []
+    for m, a in zip(mats_full, angles_deg):
+        t = RigidTransform(m).translation_about(tuple(center))
+        out.append(rigid_matrix(math.radians(a), tuple(t), tuple(center)))
+    return np.stack(out)
+
+
+def _refine_angle(
+    level: _Level,
+    mats_full: np.ndarray,
+    delta: float,
+    window: int,
+    center: np.ndarray,
+    min_overlap: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One parabolic angle step per candidate: try ``θ − δ, θ, θ + δ`` in one batch.
+
+    Returns
+    -------
+    score : ndarray, shape (K,)
+        Best score of the three trials.
+    mats : ndarray, shape (K, 3, 3)
+        Translation of the best trial, angle at the parabola's vertex (at most ``δ`` away
+        from ``θ``; one full step towards the better side when the samples are not concave).
+    centred : ndarray of bool, shape (K,)
+        Whether the middle trial won (the optimum is bracketed).
+    """
+    k = len(mats_full)
+    theta = np.degrees(np.arctan2(mats_full[:, 1, 0], mats_full[:, 0, 0]))
+    trial = (theta[:, None] + delta * np.array([-1.0, 0.0, 1.0])).ravel()
+    base = np.repeat(mats_full, 3, axis=0)
+    score, mats = _local_search(level, _set_angles(base, trial, center), window, min_overlap)
+    score, mats = score.reshape(k, 3), mats.reshape(k, 3, 3, 3)
+    best = score.argmax(axis=1)
+    rows = np.arange(k)
+    off = _parabola(score[:, 0], score[:, 1], score[:, 2], limit=1.0)
+    off = np.where((best != 1) & (off == 0), best - 1.0, off)
+    new = _set_angles(mats[rows, best], theta + off * delta, center)
+    return score[rows, best], new, best == 1
+
+
+@timed("fft")
+def register_fft(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    max_angle: float = 180.0,
+    angle_step: float | None = None,
+    coarse_size: int = 64,
+    candidates: int = 4,
+    min_overlap: float = 0.4,
+    angle_tol: float = 0.05,
+) -> RegistrationResult:
+    """Rigid registration by a global rotation sweep × FFT masked NCC (no initial guess).
+
+    Parameters
+    ----------
+    fixed, moving : ndarray, shape (H, W) or (H, W, C)
+        Sizes may differ. With equal channel counts the NCC is averaged over channels,
+        otherwise both images are reduced to grey by PCA (:func:`to_gray`).
+    max_angle : float
+        Search rotations in ``[-max_angle, max_angle]`` degrees; 180 = full circle.
+    angle_step : float, optional
+        Coarse angular step in degrees; default ``≈ 115°/r`` for a coarse image of
+        half-diagonal ``r`` pixels (about 2.5° for 64-pixel coarse images), at most 6°.
+    coarse_size : int
+        Longest side of the coarse level (block-mean downsampling by an integer factor).
+    candidates : int
+        Angle candidates (local maxima of the coarse score) refined on finer levels.
+    min_overlap : float
+        Shifts whose overlap is below this fraction of the smaller image are rejected.
+    angle_tol : float
+        Stop the parabolic angle refinement once the step is below this (degrees).
+
+    Returns
+    -------
+    RegistrationResult
+        ``score`` is the channel-mean masked NCC at the solution, in ``[-1, 1]``.
+    """
+    if not 0 < max_angle <= 180:
+        raise ComirError(f"fft: max_angle must be in (0, 180] degrees, got {max_angle}")
+    if angle_step is not None and not 0 < angle_step <= 90:
+        raise ComirError(f"fft: angle_step must be in (0, 90] degrees, got {angle_step}")
+    if not 0 < min_overlap < 1:
+        raise ComirError(f"fft: min_overlap must be in (0, 1), got {min_overlap}")
+    if coarse_size < 16:
+        raise ComirError(f"fft: coarse_size must be at least 16, got {coarse_size}")
+    f_img, m_img = check_image(fixed, "fixed"), check_image(moving, "moving")
+    if f_img.shape[2] != m_img.shape[2]:
+        f_img, m_img = to_gray(f_img)[..., None], to_gray(m_img)[..., None]
+    f_std, m_std = _standardise(f_img), _standardise(m_img)
+
+    longest = max(f_img.shape[0], f_img.shape[1], m_img.shape[0], m_img.shape[1])
+    shortest = min(f_img.shape[0], f_img.shape[1], m_img.shape[0], m_img.shape[1])
+    factor = max(1, min(math.ceil(longest / coarse_size), shortest // 8))
+    factors = [factor]
+    while factors[-1] > 1:
+        factors.append(max(1, factors[-1] // 2))
+    levels = [_Level(f, _downsample(f_std, f), _downsample(m_std, f)) for f in factors]
+
+    coarse = levels[0]
+    if angle_step is None:
+        r = 0.5 * math.hypot(*coarse.moving.shape[1:])
+        angle_step = float(min(6.0, math.degrees(2.0 / r)))
+    circular = max_angle >= 180
+    if circular:
+        n = math.ceil(360.0 / angle_step)
+        angles = np.arange(n) * (360.0 / n) - 180.0
+        step = 360.0 / n
+    else:
+        n = math.ceil(2 * max_angle / angle_step) + 1
+        angles = np.linspace(-max_angle, max_angle, n)
+        step = angles[1] - angles[0] if n > 1 else angle_step
+    score, mats = _global_search(coarse, angles, min_overlap)
+    picks = _angle_candidates(score, circular, candidates)
+    if picks.size == 0:
+        return RegistrationResult(
+            RigidTransform.identity(), float("nan"), 0.0, "failed: no shift with enough overlap", "fft"
+        )
+    s = coarse.scale
+    cand = s @ mats[picks] @ np.linalg.inv(s)
+    cand_score = score[picks]
+    center = np.array(image_center(m_img.shape))
+    delta = step / 2.0
+    prev = coarse.factor
+    for i, level in enumerate(levels[1:], start=1):
+        if i == len(levels) - 1:  # full resolution is the expensive level: best candidate only
+            top = int(np.argmax(cand_score))
+            cand, cand_score = cand[top : top + 1], cand_score[top : top + 1]
+        window = math.ceil(prev / level.factor) + 1
+        cand_score, cand, centred = _refine_angle(level, cand, delta, window, center, min_overlap)
+        order = np.argsort(-cand_score)
+        delta /= 4.0 if centred[order[0]] else 2.0
+        keep = order[: max(1, len(cand) // 2)]
+        cand, cand_score = cand[keep], cand_score[keep]
+        prev = level.factor
+    fine = levels[-1]
+    mat = cand[:1]
+    window = 2 if len(levels) > 1 else 1
+    for _ in range(12):  # bounded: each step either shrinks delta or moves by delta
+        if delta < angle_tol:
+            break
+        _, mat, centred = _refine_angle(fine, mat, delta, window, center, min_overlap)
+        if centred[0]:
+            delta /= 4.0
+    final_score, mat = _local_search(fine, mat, window, min_overlap)
+    if not np.isfinite(final_score[0]):
+        return RegistrationResult(
+            RigidTransform.identity(), float("nan"), 0.0, "failed: refinement lost the overlap", "fft"
+        )
+    return RegistrationResult(RigidTransform(mat[0]), float(final_score[0]), 0.0, "ok", "fft")

@@ -1,0 +1,117 @@
+"""CLI tests of `comir register`, `make-eval`, `evaluate` and `compare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from comir.cli import main
+from comir.io import read_image, write_image
+from comir.transform import RigidTransform
+
+
+def textured(shape, seed=0, sigma=2.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = gaussian_filter(rng.random(shape), sigma)
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def test_register_writes_outputs_and_aligns(tmp_path: Path, capsys):
+    fixed = np.rint(textured((96, 112)) * 255).astype(np.uint8)
+    # moving(p) = fixed(M p): M maps moving -> fixed
+    truth = RigidTransform.from_params(4.0, (3.0, -2.0), center=(55.5, 47.5))
+    moving = truth.inverse().warp(fixed, fixed.shape, border="reflect")
+    write_image(tmp_path / "fixed.png", fixed)
+    write_image(tmp_path / "moving.png", moving)
+    out = tmp_path / "out"
+    rc = main(
+        ["register", str(tmp_path / "fixed.png"), str(tmp_path / "moving.png"), "--out", str(out)]
+    )
+    assert rc == 0, capsys.readouterr().err
+    for name in ("transform.json", "transform.tfm", "moving_registered.png", "overlay.png"):
+        assert (out / name).stat().st_size > 0, name
+    d = json.loads((out / "transform.json").read_text())
+    assert d["method"] == "fft" and d["center"] == [55.5, 47.5]
+    np.testing.assert_allclose(d["matrix"], truth.matrix, atol=0.05)
+    np.testing.assert_allclose(d["angle_deg"], 4.0, atol=0.3)
+    reg = read_image(out / "moving_registered.png")
+    assert reg.shape == fixed.shape and reg.dtype == np.uint8
+    inner = (slice(16, -16), slice(16, -16))
+    err = np.abs(reg[inner].astype(float) - fixed[inner]).mean()
+    before = np.abs(moving[inner].astype(float) - fixed[inner]).mean()
+    assert err < 0.2 * before and err < 4.0
+    tfm = (out / "transform.tfm").read_text()
+    assert "Euler2DTransform_double_2_2" in tfm
+
+
+def test_register_failure_exits_1(tmp_path: Path, monkeypatch, capsys):
+    import comir.register as reg
+    from comir.register.base import failed
+
+    monkeypatch.setattr(reg, "register", lambda *a, **k: failed("fft", "no peak"))
+    img = np.rint(textured((40, 40)) * 255).astype(np.uint8)
+    write_image(tmp_path / "f.png", img)
+    rc = main(
+        ["register", str(tmp_path / "f.png"), str(tmp_path / "f.png"), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 1
+    assert "registration failed: failed: no peak" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "transform.json").exists()
+
+
+def test_make_eval_evaluate_compare_cli(tmp_path: Path, capsys):
+    data = tmp_path / "data"
+    for m in ("A", "B"):
+        (data / m).mkdir(parents=True)
+    img = textured((120, 150), seed=3, sigma=1.5)
+    write_image(data / "A" / "s.png", np.rint(img * 255).astype(np.uint8))
+    write_image(data / "B" / "s.png", np.rint(img * 255).astype(np.uint8))
+    ev, res = tmp_path / "eval", tmp_path / "res"
+    rc = main(
+        ["make-eval", str(data), "--layout", "folders", "--a", "A", "--b", "B", "--out", str(ev),
+         "--width", "48", "--levels", "1", "2", "--per-image", "3", "--seed", "1", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    assert sorted(p.name for p in ev.iterdir()) == [
+        "eval_info.json",
+        "patch_tlevel1",
+        "patch_tlevel2",
+    ]
+    assert len(list((ev / "patch_tlevel2" / "B" / "test").glob("*_T.png"))) == 3
+    rc = main(
+        ["evaluate", str(ev), "--method", "fft", "--out", str(res), "--workers", "1", "--quiet"]
+    )
+    assert rc == 0
+    s = json.loads((res / "summary.json").read_text())
+    assert s["n_pairs"] == 6 and s["success_rate"]["1"] == 1.0
+    assert "success L1 1.000" in capsys.readouterr().out
+    rc = main(["compare", str(res), str(res), "--out", str(tmp_path / "cmp")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| run | method | model | L1 | L2 | all |")
+    assert (tmp_path / "cmp" / "compare.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv_tail,needle",
+    [
+        (["evaluate", "{tmp}/missing", "--out", "{tmp}/r"], "evaluation folder not found"),
+        (["evaluate", "{tmp}/bad", "--out", "{tmp}/r"], "lacks column(s) X2_Ref"),
+        (["make-eval", "{tmp}/missing", "--out", "{tmp}/e"], "data folder not found"),
+        (["compare", "{tmp}/bad"], "no summary.json"),
+        (["register", "{tmp}/nofile.png", "{tmp}/nofile.png", "--out", "{tmp}/o"], "not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys, argv_tail, needle):
+    bad = tmp_path / "bad"
+    (bad / "A" / "test").mkdir(parents=True)
+    (bad / "B" / "test").mkdir(parents=True)
+    (bad / "info_test.csv").write_text("Filename,X1_Ref,Y1_Ref\nx,0,0\n")
+    rc = main([a.replace("{tmp}", str(tmp_path)) for a in argv_tail])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert needle in err and err.count("\n") == 1, err

@@ -1,0 +1,246 @@
+"""Training loop: learning signal, metrics, run folder, atomic checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from scipy.ndimage import gaussian_filter
+
+from comir import train as train_module  # the callable module (see comir.train)
+from comir.errors import ComirError
+from comir.io import write_image
+from comir.train import (
+    METRIC_COLUMNS,
+    TrainConfig,
+    build_model,
+    load_checkpoint,
+    make_optimizer,
+    read_metrics,
+    resolve_device,
+    train,
+    train_step,
+)
+
+TINY = {"first_filters": 4, "down_layers": [1], "bottleneck_layers": 1, "growth": 4}
+
+
+def make_data(root: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:
+    """Aligned pairs: A smooth RGB uint8, B = a non-monotonic function of A (grey)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        a = np.stack([gaussian_filter(rng.random((size, size)), 2.5) for _ in range(3)], -1)
+        a = (a - a.min()) / (a.max() - a.min())
+        b = np.sin(3.0 * np.pi * a.mean(-1)) ** 2
+        write_image(root / "A" / f"im{i}.tif", (a * 255).astype(np.uint8))
+        write_image(root / "B" / f"im{i}.tif", (b * 255).astype(np.uint8))
+    return root
+
+
+def tiny_config(data: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        model_overrides=dict(TINY),
+        batch_size=6,
+        patch_size=32,
+        steps=4,
+        steps_per_epoch=2,
+        lr=3e-3,
+        device="cpu",
+        augment={"rotate": False},
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+def test_config_roundtrip_and_validation():
+    cfg = TrainConfig(data="x", model_overrides={"growth": 4}, augment={"flip": False})
+    d = cfg.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert TrainConfig.from_dict(d) == cfg
+    assert cfg.total_steps() == 10 * 32
+    assert TrainConfig(data="x", steps=7).total_steps() == 7
+    with pytest.raises(ComirError, match="unknown option.*bogus"):
+        TrainConfig.from_dict({**d, "bogus": 1})
+    with pytest.raises(ComirError, match="critic"):
+        TrainConfig.from_dict({**d, "critic": "dot"})
+    with pytest.raises(ComirError, match="batch_size"):
+        TrainConfig.from_dict({**d, "batch_size": 1})
+    with pytest.raises(ComirError, match="missing 'data'"):
+        TrainConfig.from_dict({"lr": 0.1})
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ComirError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ComirError):
+        resolve_device("tpu")
+
+
+def test_train_step_clips_gradient_norm(data):
+    """Plain SGD with lr 1: the update equals the clipped gradient, so its norm is the clip."""
+    from comir.losses.infonce import InfoNCELoss
+
+    cfg = tiny_config(data, optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0)
+    model = build_model(cfg, 3, 1)
+    opt = make_optimizer(cfg, model.parameters())
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.rand(4, 3, 16, 16), torch.rand(4, 1, 16, 16))
+    stats = train_step(
+        model,
+        batch,
+        InfoNCELoss("mse", 0.5),
+        opt,
+        torch.amp.GradScaler("cpu", enabled=False),
+        l1=0.0,
+        l2=0.0,
+        grad_clip=1e-3,
+        equivariance=True,
+        generator=g,
+    )
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert stats["grad_norm"] > 1e-3  # the clip was active
+    assert float((after - before).norm()) == pytest.approx(1e-3, rel=1e-3)
+    assert set(stats) >= {"loss", "pos_sim", "neg_sim", "gap", "out_std"}
+    assert stats["gap"] == pytest.approx(stats["pos_sim"] - stats["neg_sim"], abs=1e-6)
+
+
+def test_loss_decreases_and_run_folder(data, tmp_path):
+    from comir.model import CoMIRModel, count_parameters
+
+    cfg = tiny_config(data, steps=30, steps_per_epoch=10, val_fraction=0.34)
+    run = train(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    loss = np.array([r["loss"] for r in rows])
+    assert loss[-5:].mean() < 0.8 * loss[:5].mean()
+    val = [r["val_loss"] for r in rows]
+    assert [i + 1 for i, v in enumerate(val) if not math.isnan(v)] == [10, 20, 30]
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert tuple(header) == METRIC_COLUMNS
+    assert all(r["out_std"] > 0 for r in rows)
+    assert (run / "loss.png").stat().st_size > 1000
+
+    info = json.loads((run / "config.json").read_text())
+    assert set(info) == {"comir_version", "model", "data", "train", "parameters"}
+    assert TrainConfig.from_dict(info["train"]) == cfg
+    model = CoMIRModel.from_config_dict(info["model"])
+    assert info["parameters"] == count_parameters(model)
+    assert info["data"]["in_channels_a"] == 3 and info["data"]["in_channels_b"] == 1
+
+    weights = load_file(str(run / "model.safetensors"))
+    expected = {f"{m}.{k}" for m in "ab" for k in model.encoders[m].state_dict()}
+    assert set(weights) == expected
+    assert any(k.endswith("running_var") for k in weights)  # BN buffers included
+    ck = load_checkpoint(run / "checkpoint" / "last.pt")
+    assert ck["step"] == 30
+    assert all(torch.equal(weights[k], ck["model"][k]) for k in weights)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_resume_gives_identical_weights(data, tmp_path, monkeypatch):
+    """4 steps straight == 2 steps, interruption, resume 2 (dropout and C4 on)."""
+    cfg = tiny_config(data, model_overrides={**TINY, "dropout": 0.2}, augment={})
+    straight = train(cfg, tmp_path / "straight", progress=False)
+
+    calls = {"n": 0}
+    real_step = train_module.train_step
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint" / "last.pt")["step"] == 2
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    resumed = train(cfg, tmp_path / "resumed", resume=True, progress=False)
+
+    wa, wb = _weights(straight), _weights(resumed)
+    assert set(wa) == set(wb)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ra, rb = read_metrics(straight / "metrics.csv"), read_metrics(resumed / "metrics.csv")
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+
+    # extending a finished run continues it; other changes are refused
+    more = train(
+        TrainConfig(**{**cfg.to_dict(), "steps": 6}), resumed, resume=True, progress=False
+    )
+    assert read_metrics(more / "metrics.csv")[-1]["step"] == 6
+    with pytest.raises(ComirError, match="changed option.*lr"):
+        train(TrainConfig(**{**cfg.to_dict(), "lr": 0.1}), resumed, resume=True, progress=False)
+
+
+def test_checkpoint_never_half_written(data, tmp_path, monkeypatch):
+    cfg = tiny_config(data)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # second epoch: write garbage, then fail like a full disk
+            Path(f).write_bytes(b"\x00garbage")
+            raise OSError("No space left on device")
+        return real_save(obj, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        train(cfg, tmp_path / "run", progress=False)
+    ckdir = tmp_path / "run" / "checkpoint"
+    assert [p.name for p in ckdir.iterdir()] == ["last.pt"]  # no temporary leftovers
+    ck = load_checkpoint(ckdir / "last.pt")
+    assert ck["step"] == 2
+    assert set(ck) >= {"model", "optimizer", "scaler", "rng", "step"}
+
+    monkeypatch.setattr(torch, "save", real_save)
+    (ckdir / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ComirError, match="corrupt"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)
+
+
+def test_refuses_to_overwrite_and_bad_data(data, tmp_path):
+    run = train(tiny_config(data, steps=2), tmp_path / "run", progress=False)
+    with pytest.raises(ComirError, match="already holds a training run"):
+        train(tiny_config(data, steps=2), run, progress=False)
+    with pytest.raises(ComirError, match="nothing to resume"):
+        train(tiny_config(data), tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(ComirError, match="not found"):
+        train(tiny_config(tmp_path / "missing"), tmp_path / "r2", progress=False)
+
+
+def test_collapse_warning(data, tmp_path, monkeypatch):
+    def collapsed(*args, **kw):
+        return {"loss": 1e-6, "pos_sim": 0.0, "neg_sim": -50.0, "gap": 50.0, "out_std": 40.0}
+
+    monkeypatch.setattr(train_module, "train_step", collapsed)
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        train(tiny_config(data, steps=12, steps_per_epoch=12), tmp_path / "run", progress=False)
+
+
+def test_lazy_exports():
+    import comir
+
+    assert callable(comir.train) and callable(comir.load_model)
+    assert comir.load_model.__module__ == "comir.embed"
