@@ -185,9 +185,7 @@ def test_resume_gives_identical_weights(data, tmp_path, monkeypatch):
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
 
     # extending a finished run continues it; other changes are refused
-    more = train(
-        TrainConfig(**{**cfg.to_dict(), "steps": 6}), resumed, resume=True, progress=False
-    )
+    more = train(TrainConfig(**{**cfg.to_dict(), "steps": 6}), resumed, resume=True, progress=False)
     assert read_metrics(more / "metrics.csv")[-1]["step"] == 6
     with pytest.raises(ComirError, match="changed option.*lr"):
         train(TrainConfig(**{**cfg.to_dict(), "lr": 0.1}), resumed, resume=True, progress=False)

@@ -222,8 +222,6 @@ def _register_command(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    import numpy as np
-
     from comir.evaluate import to_unit_float
     from comir.io import read_image, write_image
     from comir.plot import plot_registration_overlay
@@ -259,12 +257,12 @@ def _register_command(args: argparse.Namespace) -> int:
     warped = res.transform.warp(moving, fixed.shape[:2])
     suffix = Path(args.moving).suffix.lower()
     reg_path = write_image(out / f"{Path(args.moving).stem}_registered{suffix}", warped)
+    t = res.transform.translation_about(center)
     plot_registration_overlay(
         fixed, moving, warped, out / "overlay.png",
-        title=f"{args.method}{' on CoMIRs' if args.model else ''}: "
-        f"{res.transform.angle_deg:.2f}°, t = {np.round(res.transform.translation_about(center), 2)}",
+        title=f"{args.method}{' on CoMIRs' if args.model else ''}: rotation "
+        f"{res.transform.angle_deg:.2f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px",
     )  # fmt: skip
-    t = res.transform.translation_about(center)
     print(
         f"{args.method}: rotation {res.transform.angle_deg:.3f}°, translation "
         f"({t[0]:.2f}, {t[1]:.2f}) px about the moving centre, score {res.score:.4g}, "
@@ -409,6 +407,24 @@ def _synth_command(args: argparse.Namespace) -> int:
         f"wrote {args.n} {args.difficulty} pair(s) of {args.size[0]}x{args.size[1]} to {out}/A and "
         f"{out}/B in {time.perf_counter() - t0:.1f} s; train with `comir train {out} --out RUN`"
     )
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument(
+        "--train", action="store_true", help="train a model instead of using the shipped one"
+    )
+    p.add_argument("--quick", action="store_true", help="smaller evaluation set, for a smoke test")
+    p.add_argument("--workers", type=int, default=None, help="registration processes")
+
+
+@command("demo", "End-to-end demo on the bundled Sentinel-2 RGB/NIR sample.", _demo_args)
+def _run_demo(args: argparse.Namespace) -> int:
+    from comir.demo import run_demo
+
+    run_demo(args.out, train=args.train, quick=args.quick, workers=args.workers)
     return 0
 
 

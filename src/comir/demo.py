@@ -149,13 +149,11 @@ def _figures(model, info: dict, hold_dir: Path, eval_dir: Path, out: Path, model
         angles, {"modality A (RGB)": corr_a, "modality B (NIR)": corr_b},
         out / "figures" / "equivariance.png",
     )
-    metrics = _metrics_csv(model_ref)
-    if metrics is not None:
+    loss_png = _loss_png(model_ref)
+    if loss_png is not None:
         figs["loss"] = out / "figures" / "loss.png"
-        shutil.copyfile(metrics, figs["loss"])
-    figs["example"] = plot.plot_example_registrations(
-        eval_dir, out / "results", out / "figures" / "examples.png", model=model
-    )
+        shutil.copyfile(loss_png, figs["loss"])
+    figs["example"] = _example_registrations(model, eval_dir, out / "figures" / "examples.png")
     for key in ("compare",):
         p = out / f"{key}.png"
         if p.exists():
@@ -163,7 +161,38 @@ def _figures(model, info: dict, hold_dir: Path, eval_dir: Path, out: Path, model
     return figs
 
 
-def _metrics_csv(model_ref) -> Path | None:
+def _example_registrations(model, eval_dir: Path, path: Path, per_level: int = 1) -> Path:
+    """Re-register the first pair of each level with raw MI and with CoMIR + fft, and draw them."""
+    from comir import plot
+    from comir.evaluate import find_levels, read_level
+    from comir.io import read_image
+    from comir.register import register
+
+    rows = []
+    for folder in find_levels(eval_dir):
+        level = read_level(folder)
+        for name in level.names[:per_level]:
+            fixed = read_image(level.files["A"][f"{name}_R"])
+            moving = read_image(level.files["B"][f"{name}_T"])
+            raw = register(fixed, moving, method="mi")
+            zf, zm = model.embed(fixed, "a"), model.embed(moving, "b")
+            co = register(zf, zm, method="fft")
+            shape = fixed.shape[:2]
+            rows.append(
+                {
+                    "title": f"level {level.label}",
+                    "fixed": fixed,
+                    "moving": moving,
+                    "overlays": [
+                        ("raw MI", raw.transform.warp(moving, shape)),
+                        ("CoMIR + fft", co.transform.warp(moving, shape)),
+                    ],
+                }
+            )
+    return plot.plot_registration_rows(rows, path)
+
+
+def _loss_png(model_ref) -> Path | None:
     from comir import samples
 
     run = samples.model_dir(SAMPLE) if str(model_ref).startswith("sample:") else Path(model_ref)

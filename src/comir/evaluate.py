@@ -586,6 +586,8 @@ def _register_task(task: tuple) -> tuple[int, list | None, float, float, str]:
             from comir.register import register
 
             res = register(fixed, moving, method=method, **options)
+    except ComirError:  # a user error (bad option, unusable images): stop the evaluation
+        raise
     except Exception as exc:  # one pair's failure must not stop the evaluation
         return (
             idx,
@@ -865,10 +867,14 @@ def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool) -> list[
             initargs=(1,),
         ) as pool:
             futures = [pool.submit(_register_task, t) for t in tasks]
-            for f in as_completed(futures):
-                results.append(f.result())
-                if bar is not None:
-                    bar.update(1)
+            try:
+                for f in as_completed(futures):
+                    results.append(f.result())
+                    if bar is not None:
+                        bar.update(1)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     if bar is not None:
         bar.close()
     return results

@@ -118,29 +118,38 @@ def plot_compare(
     return save_figure(fig, path)
 
 
-def _display(image):
-    """Any ``(H, W[, C])`` image → float ``(H, W)`` or ``(H, W, 3)`` in [0, 1] for display."""
+def _display(image, like=None):
+    """Any ``(H, W[, C])`` image → float ``(H, W)`` or ``(H, W, 3)`` in [0, 1] for display.
+
+    Scaled between the 0.5/99.5 percentiles of ``like`` (default: the image itself), so a
+    warped copy with empty borders keeps the intensity mapping of its original.
+    """
     import numpy as np
 
-    x = np.asarray(image, dtype=np.float64)
-    if x.ndim == 3 and x.shape[2] not in (1, 3):
-        x = x[..., :3] if x.shape[2] > 3 else x.mean(axis=2)
-    if x.ndim == 3 and x.shape[2] == 1:
-        x = x[..., 0]
-    lo, hi = np.percentile(x, [0.5, 99.5])
+    def prep(a):
+        x = np.asarray(a, dtype=np.float64)
+        if x.ndim == 3 and x.shape[2] not in (1, 3):
+            x = x[..., :3] if x.shape[2] > 3 else x.mean(axis=2)
+        return x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x
+
+    x = prep(image)
+    lo, hi = np.percentile(prep(image if like is None else like), [0.5, 99.5])
     return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
 
 
-def _grey(image):
-    d = _display(image)
+def _grey(image, like=None):
+    d = _display(image, like)
     return d.mean(axis=2) if d.ndim == 3 else d
 
 
-def colour_overlay(fixed, moving):
-    """Green = fixed, magenta = moving (grey where they agree); ``(H, W, 3)`` in [0, 1]."""
+def colour_overlay(fixed, moving, moving_like=None):
+    """Green = fixed, magenta = moving (grey where they agree); ``(H, W, 3)`` in [0, 1].
+
+    ``moving_like``: image whose percentiles scale ``moving`` (e.g. the unwarped original).
+    """
     import numpy as np
 
-    f, m = _grey(fixed), _grey(moving)
+    f, m = _grey(fixed), _grey(moving, moving_like)
     return np.stack([m, f, m], axis=-1)
 
 
@@ -164,8 +173,8 @@ def plot_registration_overlay(
     panels = [
         (_display(fixed), "fixed"),
         (_display(moving), "moving"),
-        (colour_overlay(fixed, before), "before (green = fixed, magenta = moving)"),
-        (colour_overlay(fixed, registered), "after registration"),
+        (colour_overlay(fixed, before, mv), "before (green = fixed, magenta = moving)"),
+        (colour_overlay(fixed, registered, mv), "after registration"),
     ]
     for ax, (img, label) in zip(axes.ravel(), panels):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
@@ -201,4 +210,79 @@ def plot_loss(metrics_rows: list[dict], path: str | os.PathLike) -> Path:
     ax.set_ylabel("InfoNCE loss")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
+    return save_figure(fig, path)
+
+
+def plot_modalities_and_comirs(image_a, image_b, comir_a, comir_b, path: str | os.PathLike) -> Path:
+    """Both modalities of one scene (top) and their CoMIRs (bottom), ``(H, W[, C])`` each."""
+    fig, axes = plt.subplots(2, 2, figsize=(8, 8 * image_a.shape[0] / image_a.shape[1] + 0.6))
+    panels = [
+        (image_a, "modality A"),
+        (image_b, "modality B"),
+        (comir_a, "CoMIR of A"),
+        (comir_b, "CoMIR of B"),
+    ]
+    for ax, (img, label) in zip(axes.ravel(), panels):
+        d = _display(img)
+        ax.imshow(d, cmap="gray" if d.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(label, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_equivariance(angles_deg, curves: dict, path: str | os.PathLike) -> Path:
+    """Correlation of f(rotate_θ(x)) with rotate_θ(f(x)) against θ, one line per label."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for label, corr in curves.items():
+        ax.plot(angles_deg, corr, marker=".", label=label)
+    for k in range(0, 361, 90):
+        ax.axvline(k, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlim(0, 360)
+    ax.set_xticks(range(0, 361, 45))
+    ax.set_ylim(min(0.0, float(min(min(c) for c in curves.values()))), 1.02)
+    ax.set_xlabel("rotation θ (degrees)")
+    ax.set_ylabel("Pearson correlation")
+    ax.set_title("Rotation equivariance of the representation", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return save_figure(fig, path)
+
+
+def plot_registration_rows(rows: list[dict], path: str | os.PathLike) -> Path:
+    """One row per example: fixed, moving, then colour overlays (before and per method).
+
+    Each row is ``{"title": str, "fixed": img, "moving": img, "overlays": [(label, warped)]}``
+    where ``warped`` is the moving image resampled into the fixed frame.
+    """
+    import numpy as np
+
+    n_cols = 3 + max(len(r["overlays"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.6 * n_cols, 2.7 * len(rows)))
+    axes = np.atleast_2d(axes)
+    for ax_row, r in zip(axes, rows):
+        h, w = np.asarray(r["fixed"]).shape[:2]
+        mv = np.asarray(r["moving"])[:h, :w]
+        panels = [
+            (_display(r["fixed"]), "fixed"),
+            (_display(r["moving"]), "moving"),
+            (colour_overlay(r["fixed"], mv), "before"),
+        ] + [(colour_overlay(r["fixed"], warped), label) for label, warped in r["overlays"]]
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, (img, label) in zip(ax_row, panels):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+            ax.set_title(label, fontsize=8)
+        ax_row[0].text(
+            -0.08,
+            0.5,
+            r["title"],
+            transform=ax_row[0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=8,
+        )
+    fig.suptitle("green = fixed, magenta = moving, grey where they agree", fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, path)

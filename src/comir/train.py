@@ -339,8 +339,9 @@ def train_step(
     batch : (Tensor, Tensor)
         ``xa (B, Ca, P, P)``, ``xb (B, Cb, P, P)`` already on the model's device.
     loss_fn : InfoNCELoss
-        Returns the contrastive loss (with ``gather_distributed=True`` negatives come
-        from all processes, so this function is unchanged under data parallelism).
+        Its ``forward_with_stats`` gives the contrastive loss and diagnostics (with
+        ``gather_distributed=True`` negatives come from all processes, so this function is
+        unchanged under data parallelism).
     generator : torch.Generator
         Draws the C4 rotations.
 
@@ -361,7 +362,7 @@ def train_step(
         za, zb = encode_pair(model, xa, xb, equivariance, generator)
     # the loss in float32: exp/log of similarities over 2N maps is precision sensitive
     za, zb = za.float(), zb.float()
-    loss, stats = loss_fn(za, zb)
+    loss, stats = loss_fn.forward_with_stats(za, zb)
     total = loss + activation_decay(torch.cat([za, zb]), l1, l2)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
@@ -392,7 +393,7 @@ def validation_loss(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     for xa, xb in batches:
         za = model(xa.to(device), "a").float()
         zb = model(xb.to(device), "b").float()
-        losses.append(float(loss_fn(za, zb)[0]))
+        losses.append(float(loss_fn(za, zb)))
     model.train(was_training)
     return float(np.mean(losses))
 
@@ -569,9 +570,8 @@ def train(
         except (OSError, ValueError) as exc:
             raise ComirError(f"{cfg_path}: unreadable ({exc}); restore or delete the run") from None
         _check_resume(stored, config, run)
-    elif run.exists() and any(
-        (run / n).exists() for n in ("config.json", "model.safetensors", "checkpoint")
-    ):
+    # a bare config.json (a run that failed before its first epoch) may be overwritten
+    elif (run / "model.safetensors").exists() or ckpt_path.exists():
         raise ComirError(
             f"{run}: already holds a training run; use --resume to continue it or choose "
             "another --out folder"
@@ -626,7 +626,9 @@ def train(
                     f"{ckpt_path}: checkpoint does not match this run ({type(exc).__name__}: {exc})"
                 ) from None
         else:
-            torch.manual_seed(stream_seed(config.seed, 0, purpose=2))  # dropout and other global draws
+            torch.manual_seed(
+                stream_seed(config.seed, 0, purpose=2)
+            )  # dropout and other global draws
             info = {
                 "comir_version": __version__,
                 "model": model.config_dict(),

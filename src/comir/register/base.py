@@ -7,6 +7,7 @@ top-left pixel).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -56,13 +57,16 @@ class RegistrationResult:
 
 def failed(method: str, why: str, seconds: float = 0.0) -> RegistrationResult:
     """A failed result carrying the identity transform."""
-    return RegistrationResult(RigidTransform.identity(), float("nan"), seconds, f"failed: {why}", method)
+    return RegistrationResult(
+        RigidTransform.identity(), float("nan"), seconds, f"failed: {why}", method
+    )
 
 
 def timed(method: str) -> Callable:
     """Decorator: fill ``seconds`` of the returned result with the call's wall time."""
 
     def deco(fn: Callable[..., RegistrationResult]) -> Callable[..., RegistrationResult]:
+        @functools.wraps(fn)
         def wrapper(*args, **kwargs) -> RegistrationResult:
             t0 = time.perf_counter()
             res = fn(*args, **kwargs)
@@ -70,9 +74,6 @@ def timed(method: str) -> Callable:
             res.method = method
             return res
 
-        wrapper.__name__ = fn.__name__
-        wrapper.__doc__ = fn.__doc__
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
         return wrapper
 
     return deco
@@ -104,6 +105,14 @@ def check_image(image: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(out).all():
         raise ComirError(f"{name} image: contains NaN or Inf values; clean or mask them first")
     return out
+
+
+def no_contrast(fixed: np.ndarray, moving: np.ndarray) -> str | None:
+    """Failure reason when either ``(H, W, C)`` image is constant, else None."""
+    for name, img in (("fixed", fixed), ("moving", moving)):
+        if float(img.max() - img.min()) == 0.0:
+            return f"{name} image is constant (no contrast)"
+    return None
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -22,7 +22,15 @@ import numpy as np
 import scipy.fft as sfft
 
 from comir.errors import ComirError
-from comir.register.base import RegistrationResult, check_image, fft_workers, timed, to_gray
+from comir.register.base import (
+    RegistrationResult,
+    check_image,
+    failed,
+    fft_workers,
+    no_contrast,
+    timed,
+    to_gray,
+)
 from comir.transform import RigidTransform, image_center, rigid_matrix
 
 _VAR_EPS = 1e-4  # variance floor (per pixel) of the unit-variance inputs
@@ -44,17 +52,19 @@ class _Level:
         return np.array([[f, 0.0, (f - 1) / 2], [0.0, f, (f - 1) / 2], [0.0, 0.0, 1.0]])
 
     def fixed_spectra(self, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
-        """``rfft2`` of ``[fixed, fixed²]`` placed at ``offset`` in a zero array of ``shape``.
+        """``rfft2`` of ``[mask, fixed, fixed²]`` placed at ``offset`` in zeros of ``shape``.
 
-        Returns ``(2C, P0, P1 // 2 + 1)`` complex; cached per ``(shape, offset)``.
+        Returns ``(1 + 2C, P0, P1 // 2 + 1)`` complex; cached per ``(shape, offset)``.
         """
         key = (shape, offset)
         if key not in self.spectra:
             f = self.fixed
             c, h, w = f.shape
-            buf = np.zeros((2 * c, *shape), np.float32)
-            buf[:c, offset[0] : offset[0] + h, offset[1] : offset[1] + w] = f
-            buf[c:, offset[0] : offset[0] + h, offset[1] : offset[1] + w] = f * f
+            buf = np.zeros((1 + 2 * c, *shape), np.float32)
+            region = buf[:, offset[0] : offset[0] + h, offset[1] : offset[1] + w]
+            region[0] = 1.0
+            region[1 : 1 + c] = f
+            region[1 + c :] = f * f
             self.spectra[key] = sfft.rfft2(buf, workers=fft_workers())
         return self.spectra[key]
 
@@ -83,61 +93,57 @@ def _downsample(x: np.ndarray, f: int) -> np.ndarray:
 def _warp_batch(
     img: np.ndarray, inv: np.ndarray, out_shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinearly sample ``img`` for a batch of affine maps in one ``grid_sample`` call.
+    """Bilinearly resample ``img`` under a batch of affine maps (one OpenCV call each).
 
     Parameters
     ----------
-    img : ndarray, shape (C, H, W)
+    img : ndarray, shape (C, H, W), float32
     inv : ndarray, shape (A, 3, 3)
-        Maps output pixel coordinates ``(x, y, 1)`` to ``img`` coordinates.
+        Maps output pixel coordinates ``(x, y, 1)`` to ``img`` coordinates (OpenCV's
+        convention is the same: x = column, origin at the centre of the top-left pixel).
     out_shape : (Ho, Wo)
 
     Returns
     -------
-    values : ndarray, shape (A, C, Ho, Wo), float32; zero outside the image
-    mask : ndarray, shape (A, Ho, Wo), float32; 1 where both bilinear neighbours exist
+    values : ndarray, shape (A, C, Ho, Wo), float32; zero outside the mask
+    mask : ndarray, shape (A, Ho, Wo), float32; 1 where the sample point lies inside the
+        image (both bilinear neighbours exist), else 0
     """
-    import torch
-    import torch.nn.functional as tf
+    import cv2
 
     c, h, w = img.shape
     ho, wo = out_shape
-    ys, xs = np.mgrid[0:ho, 0:wo].astype(np.float64)
-    src_x = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]
-    src_y = inv[:, 1, 0, None, None] * xs + inv[:, 1, 1, None, None] * ys + inv[:, 1, 2, None, None]
-    eps = 1e-6
-    mask = (src_x >= -eps) & (src_x <= w - 1 + eps) & (src_y >= -eps) & (src_y <= h - 1 + eps)
-    grid = np.stack([src_x * (2.0 / (w - 1)) - 1.0, src_y * (2.0 / (h - 1)) - 1.0], axis=-1)
-    a = inv.shape[0]
-    with torch.no_grad():
-        out = tf.grid_sample(
-            torch.from_numpy(img)[None].expand(a, c, h, w),
-            torch.from_numpy(grid.astype(np.float32)),
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=True,
-        ).numpy()
-    m = mask.astype(np.float32)
-    return out * m[:, None], m
+    # Mask as an extra channel: bilinear weights of a ones image sum to 1 only inside.
+    # OpenCV warps at most 4 channels per call.
+    stack = np.concatenate([np.ones((1, h, w), np.float32), img]).transpose(1, 2, 0)
+    groups = [np.ascontiguousarray(stack[..., i : i + 4]) for i in range(0, c + 1, 4)]
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    out = np.empty((inv.shape[0], c + 1, ho, wo), np.float32)
+    for k, m in enumerate(inv[:, :2].astype(np.float64)):
+        planes = [
+            cv2.warpAffine(
+                g, m, (wo, ho), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+            )
+            for g in groups
+        ]
+        out[k] = np.concatenate([p.reshape(ho, wo, -1) for p in planes], axis=-1).transpose(2, 0, 1)
+    mask = (out[:, 0] > 0.999).astype(np.float32)
+    values = out[:, 1:]
+    values *= mask[:, None]
+    return values, mask
 
 
-def _window_sums_1d(g: np.ndarray, axis: int, size: int, lo: int, n: int) -> np.ndarray:
-    """Sums of ``g`` along ``axis`` over ``[−s, size − s)`` for the shifts ``s = lo … lo + n − 1``.
+def _irfft2_rows(spec: np.ndarray, shape: tuple[int, int], ny: int, nx: int) -> np.ndarray:
+    """``irfft2(spec, s=shape)[..., :ny, :nx]``, transforming only the ``ny`` needed rows
+    along the last axis (about half the work of the full inverse when ``ny ≪ P0``).
 
-    Indices outside ``g`` count as zero. Uses one cumulative sum padded at both ends so
-    that every window is a difference of two (reversed) slices.
+    Parameters
+    ----------
+    spec : ndarray, shape (..., P0, P1 // 2 + 1), complex
     """
-    g = np.moveaxis(g, axis, -1)
-    length = g.shape[-1]
-    hi = lo + n - 1
-    pad = max(0, hi, size - lo - length)
-    cum = np.zeros(g.shape[:-1] + (length + 1 + 2 * pad,), g.dtype)
-    np.cumsum(g, axis=-1, out=cum[..., pad + 1 : pad + 1 + length])
-    cum[..., pad + 1 + length :] = cum[..., pad + length, None]
-    end0, start0 = size - lo + pad, -lo + pad  # window ends/starts for s = lo, decreasing
-    ends = cum[..., end0 - n + 1 : end0 + 1][..., ::-1]
-    starts = cum[..., start0 - n + 1 : start0 + 1][..., ::-1]
-    return np.moveaxis(ends - starts, -1, axis)
+    workers = fft_workers()
+    cols = sfft.ifft(spec, n=shape[0], axis=-2, workers=workers)[..., :ny, :]
+    return sfft.irfft(cols, n=shape[1], axis=-1, workers=workers)[..., :nx]
 
 
 def _masked_ncc(
@@ -177,19 +183,24 @@ def _masked_ncc(
     )
     workers = fft_workers()
     fspec = level.fixed_spectra(shape, (-lo[0], -lo[1]))
-    ff, fff = fspec[:c], fspec[c:]
-    spec = sfft.rfft2(np.concatenate([mask[:, None], canvas], axis=1), s=shape, workers=workers)
-    mm_c = np.conj(spec[:, :1])
-    mv_c = np.conj(spec[:, 1:])
-    # Σ_q f(q) g(q − s) = irfft2(F · conj(G)): the three sums that involve the fixed image.
-    prods = np.concatenate([ff * mm_c, fff * mm_c, ff * mv_c], axis=1)
-    sums = sfft.irfft2(prods, s=shape, workers=workers)[..., :ny, :nx]
-    sf, sff, sfm = sums[:, :c], sums[:, c : 2 * c], sums[:, 2 * c :]
-    # The fixed mask is a box, so the moving-side sums are summed-area (cumsum) windows.
-    g = np.concatenate([mask[:, None], canvas, canvas * canvas], axis=1)
-    box = _window_sums_1d(_window_sums_1d(g, -2, hf, lo[0], ny), -1, wf, lo[1], nx)
-    n = np.rint(box[:, 0])
-    sm, smm = box[:, 1 : 1 + c], box[:, 1 + c :]
+    fm, ff, fff = fspec[:1], fspec[1 : 1 + c], fspec[1 + c :]
+    stack = np.concatenate([mask[:, None], canvas, canvas * canvas], axis=1)
+    spec = np.conj(sfft.rfft2(stack, s=shape, workers=workers))
+    mm, mv, mvv = spec[:, :1], spec[:, 1 : 1 + c], spec[:, 1 + c :]
+    # Σ_q a(q) g(q − s) = irfft2(A · conj(G)) for the six sums of the masked NCC.
+    prods = np.empty((a, 1 + 5 * c, *spec.shape[2:]), spec.dtype)
+    np.multiply(fm, mm, out=prods[:, :1])
+    np.multiply(ff, mm, out=prods[:, 1 : 1 + c])
+    np.multiply(fff, mm, out=prods[:, 1 + c : 1 + 2 * c])
+    np.multiply(fm, mv, out=prods[:, 1 + 2 * c : 1 + 3 * c])
+    np.multiply(fm, mvv, out=prods[:, 1 + 3 * c : 1 + 4 * c])
+    np.multiply(ff, mv, out=prods[:, 1 + 4 * c :])
+    if 4 * ny < shape[0]:
+        sums = _irfft2_rows(prods, shape, ny, nx)
+    else:
+        sums = sfft.irfft2(prods, s=shape, workers=workers)[..., :ny, :nx]
+    sf, sff, sm, smm, sfm = (sums[:, 1 + k * c : 1 + (k + 1) * c] for k in range(5))
+    n = np.rint(sums[:, 0])
     nn = np.maximum(n, 1.0)[:, None]
     var_f = np.maximum(sff - sf * sf / nn, _VAR_EPS * nn)
     var_m = np.maximum(smm - sm * sm / nn, _VAR_EPS * nn)
@@ -258,7 +269,9 @@ def _global_search(
     c_f = np.array(image_center((hf, wf)))
     c_c = np.array([(side - 1) / 2.0, (side - 1) / 2.0])
     origin = np.round(c_f - c_c)  # canvas pixel k sits at fixed coordinate k + origin
-    mats = np.stack([rigid_matrix(math.radians(a), tuple(c_f - c_m), tuple(c_m)) for a in angles_deg])
+    mats = np.stack(
+        [rigid_matrix(math.radians(a), tuple(c_f - c_m), tuple(c_m)) for a in angles_deg]
+    )
     shift_o = np.eye(3)
     shift_o[:2, 2] = origin
     inv = np.linalg.inv(mats) @ shift_o
@@ -283,7 +296,9 @@ def _local_search(
     origin = np.array([-m, -m], dtype=float)
     shift_o = np.eye(3)
     shift_o[:2, 2] = origin
-    canvas, mask = _warp_batch(level.moving, np.linalg.inv(mats) @ shift_o, (hf + 2 * m, wf + 2 * m))
+    canvas, mask = _warp_batch(
+        level.moving, np.linalg.inv(mats) @ shift_o, (hf + 2 * m, wf + 2 * m)
+    )
     ncc = _masked_ncc(level, canvas, mask, (-2 * m, -2 * m), (0, 0), min_overlap)
     score, sh = _peaks(ncc, np.arange(-2 * m, 1), np.arange(-2 * m, 1))
     return score, s @ _with_shift(mats, sh - origin) @ s_inv
@@ -351,10 +366,10 @@ def register_fft(
     moving: np.ndarray,
     max_angle: float = 180.0,
     angle_step: float | None = None,
-    coarse_size: int = 64,
+    coarse_size: int = 48,
     candidates: int = 4,
     min_overlap: float = 0.4,
-    angle_tol: float = 0.05,
+    angle_tol: float = 0.15,
 ) -> RegistrationResult:
     """Rigid registration by a global rotation sweep × FFT masked NCC (no initial guess).
 
@@ -366,8 +381,9 @@ def register_fft(
     max_angle : float
         Search rotations in ``[-max_angle, max_angle]`` degrees; 180 = full circle.
     angle_step : float, optional
-        Coarse angular step in degrees; default ``≈ 115°/r`` for a coarse image of
-        half-diagonal ``r`` pixels (about 2.5° for 64-pixel coarse images), at most 6°.
+        Coarse angular step in degrees; default ``≈ 143°/r`` (2.5 pixels of arc) for a
+        coarse image of half-diagonal ``r`` pixels: about 4.8° for 42-pixel coarse
+        images, at most 6°.
     coarse_size : int
         Longest side of the coarse level (block-mean downsampling by an integer factor).
     candidates : int
@@ -391,6 +407,9 @@ def register_fft(
     if coarse_size < 16:
         raise ComirError(f"fft: coarse_size must be at least 16, got {coarse_size}")
     f_img, m_img = check_image(fixed, "fixed"), check_image(moving, "moving")
+    why = no_contrast(f_img, m_img)
+    if why:
+        return failed("fft", why)
     if f_img.shape[2] != m_img.shape[2]:
         f_img, m_img = to_gray(f_img)[..., None], to_gray(m_img)[..., None]
     f_std, m_std = _standardise(f_img), _standardise(m_img)
@@ -406,7 +425,7 @@ def register_fft(
     coarse = levels[0]
     if angle_step is None:
         r = 0.5 * math.hypot(*coarse.moving.shape[1:])
-        angle_step = float(min(6.0, math.degrees(2.0 / r)))
+        angle_step = float(min(6.0, math.degrees(2.5 / r)))
     circular = max_angle >= 180
     if circular:
         n = math.ceil(360.0 / angle_step)
@@ -419,9 +438,7 @@ def register_fft(
     score, mats = _global_search(coarse, angles, min_overlap)
     picks = _angle_candidates(score, circular, candidates)
     if picks.size == 0:
-        return RegistrationResult(
-            RigidTransform.identity(), float("nan"), 0.0, "failed: no shift with enough overlap", "fft"
-        )
+        return failed("fft", "no shift with enough overlap")
     s = coarse.scale
     cand = s @ mats[picks] @ np.linalg.inv(s)
     cand_score = score[picks]
@@ -450,7 +467,5 @@ def register_fft(
             delta /= 4.0
     final_score, mat = _local_search(fine, mat, window, min_overlap)
     if not np.isfinite(final_score[0]):
-        return RegistrationResult(
-            RigidTransform.identity(), float("nan"), 0.0, "failed: refinement lost the overlap", "fft"
-        )
+        return failed("fft", "refinement lost the overlap")
     return RegistrationResult(RigidTransform(mat[0]), float(final_score[0]), 0.0, "ok", "fft")

@@ -1,0 +1,327 @@
+"""Known-transform tests of the registration back-ends (comir.register)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from comir.errors import ComirError
+from comir.register import (
+    METHODS,
+    available_methods,
+    elastix_params_to_transform,
+    register,
+    set_library_threads,
+    to_gray,
+)
+from comir.register.elastix import MISSING, elastix_available
+from comir.register.fft import _irfft2_rows, _Level, _masked_ncc
+from comir.register.sift import fit_rigid, ransac_rigid
+from comir.transform import RigidTransform, corner_error, image_center, patch_corners
+
+SHAPE = (128, 160)  # (H, W): non-square on purpose
+TOL = 0.02 * SHAPE[1]  # success threshold of the evaluation protocol
+BACKENDS = [m for m in ("fft", "sift", "mi", "elastix") if m in available_methods()]
+# MI has a narrow capture range in rotation; give it the multi-start it offers.
+OPTIONS = {"mi": {"starts": (-15.0, 0.0, 15.0)}}
+
+
+def _scene(size: int = 360, channels: int = 0, seed: int = 0) -> np.ndarray:
+    """Textured test scene: smooth random field plus Gaussian blobs, ``(S, S[, C])``."""
+    rng = np.random.default_rng(seed)
+    planes = []
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(max(channels, 1)):
+        f = ndi.gaussian_filter(rng.standard_normal((size, size)), 5.0)
+        f /= f.std()
+        for _ in range(40):
+            cy, cx = rng.uniform(0, size, 2)
+            r = rng.uniform(4, 14)
+            f += rng.uniform(-2, 2) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        planes.append(f)
+    img = np.stack(planes, -1) if channels else planes[0]
+    return img.astype(np.float32)
+
+
+def _pair(
+    scene: np.ndarray,
+    true: RigidTransform,
+    fixed_shape: tuple[int, int] = SHAPE,
+    moving_shape: tuple[int, int] = SHAPE,
+    offset: tuple[int, int] = (100, 100),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed = crop of ``scene``; moving sampled so that ``true`` maps moving -> fixed."""
+    fixed = scene[offset[1] : offset[1] + fixed_shape[0], offset[0] : offset[0] + fixed_shape[1]]
+    ys, xs = np.mgrid[: moving_shape[0], : moving_shape[1]]
+    pts = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
+    q = true.apply(pts) + np.asarray(offset, float)
+    planes = scene[..., None] if scene.ndim == 2 else scene
+    mov = np.stack(
+        [
+            ndi.map_coordinates(planes[..., k], [q[:, 1], q[:, 0]], order=3, mode="reflect")
+            for k in range(planes.shape[2])
+        ],
+        -1,
+    ).reshape(*moving_shape, -1)
+    mov = mov[..., 0] if scene.ndim == 2 else mov
+    return np.ascontiguousarray(fixed), mov.astype(np.float32)
+
+
+def _error(found: RigidTransform, true: RigidTransform, moving_shape=SHAPE) -> float:
+    corners = patch_corners(moving_shape[1], moving_shape[0])
+    return corner_error(found, corners, true.apply(corners))
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    return _scene()
+
+
+# -- interface ------------------------------------------------------------------------
+def test_methods_and_availability() -> None:
+    assert METHODS == ("fft", "sift", "mi", "elastix")
+    assert {"fft", "sift", "mi"} <= set(available_methods())
+    assert ("elastix" in available_methods()) == elastix_available()
+
+
+def test_bad_arguments_raise_comir_error(scene: np.ndarray) -> None:
+    img = scene[:64, :64]
+    with pytest.raises(ComirError, match="unknown registration method"):
+        register(img, img, method="nope")
+    with pytest.raises(ComirError, match="unknown option"):
+        register(img, img, method="fft", bogus=1)
+    with pytest.raises(ComirError, match="moving image"):
+        register(img, np.zeros(10), method="fft")
+    with pytest.raises(ComirError, match="too small"):
+        register(img, np.zeros((4, 4)), method="sift")
+    bad = img.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ComirError, match="NaN"):
+        register(bad, img, method="mi")
+    with pytest.raises(ComirError, match="max_angle"):
+        register(img, img, method="fft", max_angle=0)
+    with pytest.raises(ComirError):
+        set_library_threads(0)
+
+
+@pytest.mark.skipif(elastix_available(), reason="itk-elastix is installed")
+def test_elastix_missing_is_a_comir_error(scene: np.ndarray) -> None:
+    with pytest.raises(ComirError) as err:
+        register(scene[:64, :64], scene[:64, :64], method="elastix")
+    assert str(err.value) == MISSING
+
+
+def test_set_library_threads() -> None:
+    import cv2
+    import torch
+
+    from comir.register import base
+
+    before = (cv2.getNumThreads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+    before_torch, before_fft = torch.get_num_threads(), base._THREADS
+    try:
+        set_library_threads(1)
+        assert cv2.getNumThreads() == 1
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+        assert torch.get_num_threads() == 1 and base.fft_workers() == 1
+    finally:
+        cv2.setNumThreads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+        torch.set_num_threads(before_torch)
+        base._THREADS = before_fft
+
+
+# -- PCA to grey ------------------------------------------------------------------------
+def test_to_gray_matches_naive_pca() -> None:
+    rng = np.random.default_rng(3)
+    base = ndi.gaussian_filter(rng.standard_normal((30, 40)), 2)
+    other = ndi.gaussian_filter(rng.standard_normal((30, 40)), 2)
+    img = np.stack([2 * base + 0.1 * other, -0.5 * base, base + 0.3 * other], -1)
+    got = to_gray(img)
+    assert got.shape == (30, 40) and got.dtype == np.float32
+    # naive PCA: first right singular vector of the centred pixel matrix
+    x = img.reshape(-1, 3) - img.reshape(-1, 3).mean(0)
+    v = np.linalg.svd(x, full_matrices=False)[2][0]
+    ref = x @ v
+    ref *= np.sign(np.corrcoef(ref, img.reshape(-1, 3).mean(1))[0, 1])
+    np.testing.assert_allclose(got.ravel(), ref, atol=1e-5)
+    assert np.corrcoef(got.ravel(), img.mean(-1).ravel())[0, 1] > 0
+    # the sign rule holds when the first component is dominated by a negative channel
+    assert np.corrcoef(to_gray(-img).ravel(), -img.mean(-1).ravel())[0, 1] > 0
+    np.testing.assert_array_equal(to_gray(img[..., 0]), img[..., 0].astype(np.float32))
+
+
+# -- building blocks --------------------------------------------------------------------
+def test_masked_ncc_matches_naive() -> None:
+    rng = np.random.default_rng(4)
+    fixed = rng.standard_normal((1, 9, 11)).astype(np.float32)
+    canvas = rng.standard_normal((2, 1, 7, 8)).astype(np.float32)
+    mask = (rng.uniform(size=(2, 7, 8)) > 0.3).astype(np.float32)
+    canvas *= mask[:, None]
+    level = _Level(1, fixed, fixed)
+    lo, hi = (-6, -7), (8, 10)
+    got = _masked_ncc(level, canvas, mask, lo, hi, min_overlap=0.1)
+    for a in range(2):
+        for sy in range(lo[0], hi[0] + 1):
+            for sx in range(lo[1], hi[1] + 1):
+                # fixed(q) is compared with canvas(q - s) on the overlap of both masks
+                f_vals, m_vals = [], []
+                for y in range(9):
+                    for x in range(11):
+                        cy, cx = y - sy, x - sx
+                        if 0 <= cy < 7 and 0 <= cx < 8 and mask[a, cy, cx]:
+                            f_vals.append(fixed[0, y, x])
+                            m_vals.append(canvas[a, 0, cy, cx])
+                v = got[a, sy - lo[0], sx - lo[1]]
+                if len(f_vals) < max(4, 0.1 * mask[a].sum()):
+                    assert v == -np.inf
+                else:
+                    f, m = np.array(f_vals), np.array(m_vals)
+                    f, m = f - f.mean(), m - m.mean()
+                    ref = (f @ m) / math.sqrt(max(f @ f, 1e-4 * len(f)) * max(m @ m, 1e-4 * len(f)))
+                    assert v == pytest.approx(ref, abs=1e-4)
+
+
+def test_irfft2_rows_matches_full_inverse() -> None:
+    import scipy.fft as sfft
+
+    x = np.random.default_rng(5).standard_normal((2, 24, 21))
+    spec = sfft.rfft2(x)
+    np.testing.assert_allclose(_irfft2_rows(spec, (24, 21), 5, 4), x[:, :5, :4], atol=1e-12)
+
+
+def test_rigid_fit_and_ransac_recover_known_transform() -> None:
+    rng = np.random.default_rng(6)
+    true = RigidTransform.from_params(-37.0, (5.0, -9.0), (20.0, 30.0))
+    src = rng.uniform(0, 100, (60, 2))
+    dst = true.apply(src) + rng.normal(0, 0.2, (60, 2))
+    fit = RigidTransform(fit_rigid(src, dst))
+    assert fit.angle_deg == pytest.approx(-37.0, abs=0.1)
+    assert np.abs(fit.apply(src) - true.apply(src)).max() < 0.2
+    exact = RigidTransform(fit_rigid(src, true.apply(src)))
+    np.testing.assert_allclose(exact.matrix, true.matrix, atol=1e-9)
+    dst[:20] = rng.uniform(0, 100, (20, 2))  # a third outliers
+    mat, inliers = ransac_rigid(src, dst, threshold=2.0)
+    assert inliers[20:].all() and not inliers[:20].any()
+    assert np.abs(RigidTransform(mat).apply(src) - true.apply(src)).max() < 0.3
+
+
+# -- known transforms -------------------------------------------------------------------
+@pytest.mark.parametrize("method", BACKENDS)
+def test_identity_pair(method: str, scene: np.ndarray) -> None:
+    img = scene[100 : 100 + SHAPE[0], 100 : 100 + SHAPE[1]]
+    res = register(img, img.copy(), method=method, **OPTIONS.get(method, {}))
+    assert res.ok, res.status
+    assert res.method == method and res.seconds > 0
+    assert _error(res.transform, RigidTransform.identity()) < 0.05
+
+
+CASES = [(-20.0, (-6.0, 5.0)), (-8.0, (7.0, -4.0)), (12.0, (-5.0, -7.0)), (19.0, (8.0, 6.0))]
+
+
+@pytest.mark.parametrize("method", BACKENDS)
+@pytest.mark.parametrize("angle,shift", CASES)
+def test_known_transform(method: str, angle: float, shift: tuple, scene: np.ndarray) -> None:
+    true = RigidTransform.from_params(angle, shift, image_center(SHAPE))
+    fixed, moving = _pair(scene, true)
+    res = register(fixed, moving, method=method, **OPTIONS.get(method, {}))
+    assert res.ok, res.status
+    assert _error(res.transform, true) <= TOL
+
+
+@pytest.mark.parametrize("angle", [90.0, 180.0, -135.0])
+def test_fft_global_rotation(angle: float, scene: np.ndarray) -> None:
+    true = RigidTransform.from_params(angle, (4.0, -3.0), image_center(SHAPE))
+    fixed, moving = _pair(scene, true)
+    res = register(fixed, moving, method="fft")
+    assert res.ok
+    assert _error(res.transform, true) <= TOL
+    # a search window that excludes the answer must not find it
+    res = register(fixed, moving, method="fft", max_angle=30.0)
+    assert _error(res.transform, true) > TOL
+
+
+def test_fft_subpixel_accuracy(scene: np.ndarray) -> None:
+    errors = []
+    for angle, shift in [(6.3, (2.4, -3.7)), (-14.2, (-5.5, 1.25))]:
+        true = RigidTransform.from_params(angle, shift, image_center(SHAPE))
+        fixed, moving = _pair(scene, true)
+        errors.append(_error(register(fixed, moving, method="fft").transform, true))
+    assert max(errors) <= 0.3
+
+
+def test_fft_different_sizes(scene: np.ndarray) -> None:
+    true = RigidTransform.from_params(-11.0, (-7.0, 9.0), (60.0, 50.0))
+    fixed, moving = _pair(scene, true, fixed_shape=(112, 144), moving_shape=(100, 120))
+    res = register(fixed, moving, method="fft")
+    assert _error(res.transform, true, (100, 120)) <= 0.3
+
+
+@pytest.mark.parametrize("method", ["fft", "mi"])
+def test_multichannel_pair(method: str) -> None:
+    scene3 = _scene(300, channels=3, seed=7)
+    true = RigidTransform.from_params(-13.0, (5.0, 6.0), image_center(SHAPE))
+    fixed, moving = _pair(scene3, true, offset=(70, 80))
+    assert fixed.shape == (*SHAPE, 3) and moving.shape == (*SHAPE, 3)
+    res = register(fixed, moving, method=method, **OPTIONS.get(method, {}))
+    assert res.ok, res.status
+    assert _error(res.transform, true) <= TOL
+
+
+def test_integer_inputs(scene: np.ndarray) -> None:
+    true = RigidTransform.from_params(9.0, (3.0, -2.0), image_center(SHAPE))
+    fixed, moving = _pair(scene, true)
+
+    def to_u8(x: np.ndarray) -> np.ndarray:
+        return np.clip((x + 4) * 30, 0, 255).astype(np.uint8)
+
+    for method in ("fft", "sift"):
+        res = register(to_u8(fixed), to_u8(moving), method=method)
+        assert _error(res.transform, true) <= TOL
+
+
+# -- failures ---------------------------------------------------------------------------
+def test_sift_reports_failure_on_featureless_pairs() -> None:
+    flat = np.full(SHAPE, 7.0, np.float32)
+    noise = np.random.default_rng(8).standard_normal(SHAPE).astype(np.float32)
+    for fixed, moving in [(flat, flat), (flat, noise)]:
+        res = register(fixed, moving, method="sift")
+        assert not res.ok and res.status.startswith("failed: ")
+        np.testing.assert_array_equal(res.transform.matrix, np.eye(3))
+        assert math.isnan(res.score)
+
+
+@pytest.mark.parametrize("method", ["fft", "mi"])
+def test_constant_image_fails_cleanly(method: str, scene: np.ndarray) -> None:
+    flat = np.full(SHAPE, 3, np.uint8)
+    res = register(flat, scene[: SHAPE[0], : SHAPE[1]], method=method)
+    assert res.status == "failed: fixed image is constant (no contrast)"
+    np.testing.assert_array_equal(res.transform.matrix, np.eye(3))
+
+
+# -- elastix parameter conversion ---------------------------------------------------------
+def test_elastix_params_match_simpleitk_euler() -> None:
+    rng = np.random.default_rng(9)
+    for _ in range(5):
+        angle = rng.uniform(-math.pi, math.pi)
+        t = rng.uniform(-30, 30, 2)
+        c = rng.uniform(0, 200, 2)
+        # elastix and ITK share the fixed -> moving convention and Euler2D parameters
+        ref = RigidTransform.from_sitk(sitk.Euler2DTransform(tuple(c), angle, tuple(t)))
+        params = {
+            "TransformParameters": tuple(str(float(v)) for v in (angle, *t)),
+            "CenterOfRotationPoint": tuple(str(float(v)) for v in c),
+        }
+        np.testing.assert_allclose(
+            elastix_params_to_transform(params).matrix, ref.matrix, atol=1e-9
+        )
+        numeric = {"TransformParameters": [angle, *t], "CenterOfRotationPoint": list(c)}
+        np.testing.assert_allclose(
+            elastix_params_to_transform(numeric).matrix, ref.matrix, atol=1e-9
+        )
+    with pytest.raises(ComirError):
+        elastix_params_to_transform({"CenterOfRotationPoint": ("0", "0")})
