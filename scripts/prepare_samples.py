@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "layout": "channels",
             "a_spec": "0:3",
             "b_spec": "3",
-            "norm": "bits:12",
+            "norm": "bits:13",
             "description": "Sentinel-2 10 m scene (300x300), RGB vs near-infrared; "
             f"from PyPI spyndex {SPYNDEX_VERSION} (MIT), spyndex/data/S2_10m.json",
             "sha256_pixels": pixel_sha256(s2),

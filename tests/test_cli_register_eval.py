@@ -115,3 +115,38 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys, argv_tail, need
     err = capsys.readouterr().err
     assert rc == 2
     assert needle in err and err.count("\n") == 1, err
+
+
+def test_register_with_model_uses_own_encoders_and_warps_original(tmp_path: Path, monkeypatch):
+    import torch
+    from test_evaluate import tiny_run
+
+    import comir.register as reg
+    from comir.register.base import RegistrationResult
+
+    model = tiny_run(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    rgb = np.rint(255 * np.stack([textured((48, 56), s) for s in (1, 2, 3)], -1)).astype(np.uint8)
+    nir = np.rint(255 * textured((48, 56), 4)).astype(np.uint16) * 3 + rng.integers(0, 3, (48, 56))
+    write_image(tmp_path / "rgb.png", rgb)
+    write_image(tmp_path / "nir.tif", nir.astype(np.uint16))
+    truth = RigidTransform.from_params(10.0, (2.0, -1.0), center=(27.5, 23.5))
+    seen = {}
+
+    def fake_register(fixed, moving, method="fft", **_):
+        seen["fixed"], seen["moving"] = fixed, moving
+        return RegistrationResult(truth, 1.0, 0.0, "ok", method)
+
+    monkeypatch.setattr(reg, "register", fake_register)
+    out = tmp_path / "o"
+    argv = ["register", str(tmp_path / "rgb.png"), str(tmp_path / "nir.tif"), "--out", str(out),
+            "--model", str(tmp_path / "run"), "--fixed-modality", "a"]  # fmt: skip
+    assert main(argv) == 0
+    with torch.no_grad():  # bits:8 normalisation of the run, then each modality's own encoder
+        za = model(torch.from_numpy(rgb / 256.0).float().permute(2, 0, 1)[None], "a")
+        zb = model(torch.from_numpy(nir / 256.0).float()[None, None], "b")
+    np.testing.assert_allclose(seen["fixed"], za[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(seen["moving"], zb[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    warped = read_image(out / "nir_registered.tif")
+    assert warped.dtype == np.uint16 and warped.shape == (48, 56)
+    np.testing.assert_array_equal(warped, truth.warp(nir.astype(np.uint16), (48, 56)))

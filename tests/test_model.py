@@ -175,6 +175,10 @@ def test_config_errors() -> None:
         tiramisu_config("small", 3, up_layers=(2, 2))
     with pytest.raises(ComirError, match="compression"):
         tiramisu_config("small", 3, compression=0.0)
+    with pytest.raises(ComirError, match="down_layers"):
+        tiramisu_config("small", 3, down_layers=("2", 2))
+    with pytest.raises(ComirError, match="dropout"):
+        tiramisu_config("small", 3, dropout="high")
     with pytest.raises(ComirError, match="unknown key"):
         TiramisuConfig.from_dict({"in_channels": 3, "colour": 1})
     assert set(PRESETS) == {"small", "paper"}

@@ -47,17 +47,23 @@ FOLD = 1
 TRAIN_FAST = ["--epochs", "2", "--steps-per-epoch", "1", "--batch-size", "2"]
 TRAIN_FAST += ["--patch-size", "32", "--device", "cpu", "--quiet"]
 EVAL_FAST = ["--workers", "1", "--quiet"]
-#: Flags appended to the documented lines of each block: tiny sizes and step counts only.
+#: Same number of poolings as the preset, one dense layer per block, few channels.
+TINY_MODEL = (
+    "model_overrides = {{ first_filters = 8, growth = 4, bottleneck_layers = 1, "
+    "down_layers = [{layers}] }}\n"
+)
+#: Flags appended to the documented lines of each block: tiny sizes and step counts only
+#: ($TINY_SMALL / $TINY_PAPER: --config files shrinking the preset, see ``TINY_MODEL``).
 OVERRIDES: dict[str, dict[str, list[str]]] = {
-    "zurich-train": {"train": TRAIN_FAST},
+    "zurich-train": {"train": [*TRAIN_FAST, "--config", "$TINY_SMALL"]},
     "zurich-embed": {"embed": ["--device", "cpu"]},
     "zurich-make-eval": {"make-eval": ["--width", "32", "--levels", "1", "4", "--quiet"]},
     "zurich-evaluate": {"evaluate": EVAL_FAST},
     "zurich-register": {"register": ["--device", "cpu"]},
-    "bfshg-train": {"train": TRAIN_FAST},
+    "bfshg-train": {"train": [*TRAIN_FAST, "--config", "$TINY_PAPER"]},
     "bfshg-make-eval": {"make-eval": ["--width", "64", "--levels", "1", "4", "--quiet"]},
     "bfshg-evaluate": {"evaluate": EVAL_FAST},
-    "mre-train": {"train": TRAIN_FAST},
+    "mre-train": {"train": [*TRAIN_FAST, "--config", "$TINY_SMALL"]},
     "mre-evaluate": {"evaluate": EVAL_FAST},
 }
 
@@ -126,7 +132,7 @@ def run_block(name: str, env: dict[str, str]) -> list[Ran]:
     ran = []
     for line in lines:
         argv = to_argv(line, env)
-        extra = OVERRIDES.get(name, {}).get(argv[0], [])
+        extra = [substitute(w, env) for w in OVERRIDES.get(name, {}).get(argv[0], [])]
         out, err = io.StringIO(), io.StringIO()
         with (
             warnings.catch_warnings(record=True) as caught,
@@ -165,6 +171,17 @@ def read_csv(path: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions on a shared CPU: extra threads only cost (5x slower measured here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """The document's variables, pointing at tiny stand-ins of the three datasets."""
@@ -172,13 +189,16 @@ def env(tmp_path_factory) -> dict[str, str]:
     make_zurich(root / "Zurich_dataset_v1.0", ids=ZURICH_IDS, size=64)
     make_bfshg(root / "BF-SHG", size=128)
     make_multiregeval(root / "MultiRegEval", width=96, levels=2)
+    for preset, pools in (("small", 3), ("paper", 6)):
+        (root / f"tiny-{preset}.toml").write_text(TINY_MODEL.format(layers=", ".join("1" * pools)))
     return {
+        "TINY_SMALL": str(root / "tiny-small.toml"),
+        "TINY_PAPER": str(root / "tiny-paper.toml"),
         "ZURICH": str(root / "Zurich_dataset_v1.0"),
         "BFSHG": str(root / "BF-SHG"),
         "MRE": str(root / "MultiRegEval"),
         "WORK": str(root / "work"),
         "FOLD": str(FOLD),
-        "HOME": str(root / "home"),
     }
 
 
@@ -226,6 +246,26 @@ def test_zurich_fold_folders(env, zurich):
             link = fold / split / f"zh{n}.tif"
             assert link.is_symlink()
             assert link.resolve() == (Path(env["ZURICH"]) / "images_tif" / f"zh{n}.tif").resolve()
+
+
+def test_zurich_fold_loop_all_folds(tmp_path):
+    """The documented loop splits all 20 scenes into each fold's test and train sets."""
+    zurich = make_zurich(tmp_path / "Zurich_dataset_v1.0", ids=tuple(range(1, 21)), size=8)
+    seen_in_test: list[int] = []
+    for k, test_ids in ZURICH_FOLDS.items():
+        work = tmp_path / f"work{k}"
+        (ran,) = run_block(
+            "zurich-fold", {"ZURICH": str(zurich), "WORK": str(work), "FOLD": str(k)}
+        )
+        assert ran.rc == 0, ran.err
+        ids = {
+            s: {int(p.stem[2:]) for p in (work / f"fold{k}" / s).iterdir()}
+            for s in ("test", "train")
+        }
+        assert ids["test"] == set(test_ids)
+        assert ids["train"] == set(range(1, 21)) - set(test_ids)
+        seen_in_test += sorted(ids["test"])
+    assert sorted(seen_in_test) == list(range(1, 21))  # the folds partition the 20 scenes
 
 
 def test_zurich_train_follows_paper_recipe(env, zurich):
@@ -297,10 +337,13 @@ def test_zurich_evaluate_and_compare(env, zurich):
 
 def test_zurich_register_one_pair(env, zurich):
     assert_ok(zurich["zurich-register"])
-    out = Path(env["WORK"]) / "register" / "zh7_01_01"
+    out = Path(env["WORK"]) / "register" / "zh7"
     d = json.loads((out / "transform.json").read_text())
     assert d["method"] == "fft" and np.asarray(d["matrix"]).shape == (3, 3)
-    assert (out / "zh7_01_01_T_registered.png").is_file() and (out / "overlay.png").is_file()
+    assert d["model"].endswith(f"zurich-fold{FOLD}")
+    warped = read_image(out / "zh7_registered.tif")  # the raw 4-channel scene, resampled
+    assert warped.shape == (64, 64, 4) and warped.dtype == np.uint16
+    assert (out / "overlay.png").stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------- BF/SHG
@@ -322,6 +365,8 @@ def test_bfshg_train_follows_paper_recipe(env, bfshg):
     run = Path(env["WORK"]) / "runs" / "bfshg"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["momentum"] == 0.9  # SGD momentum of the paper (no flag)
+    # the paper preset (shrunk by the test's --config) keeps its 6 poolings and dropout
+    assert len(cfg["model"]["a"]["down_layers"]) == 6 and cfg["model"]["b"]["dropout"] == 0.2
     d = cfg["data"]
     assert (d["log_a"], d["log_b"], d["in_channels_a"], d["in_channels_b"]) == (True, False, 1, 3)
     assert all(math.isfinite(float(r["val_loss"])) for r in read_csv(run / "metrics.csv"))

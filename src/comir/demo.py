@@ -24,7 +24,7 @@ EVAL_WIDTH = 96
 METHODS = ("fft", "sift", "mi")
 
 
-def _demo_train_config(train_dir: Path, quick: bool):
+def _demo_train_config(train_dir: Path, norm: str, quick: bool):
     """The `comir train` recipe of the shipped sample model (see docs/reproduce.md)."""
     from comir.train import TrainConfig
 
@@ -33,6 +33,7 @@ def _demo_train_config(train_dir: Path, quick: bool):
         layout="channels",
         a="0:3",
         b="3",
+        norm=norm,
         val_fraction=0.25,
         preset="small",
         epochs=3 if quick else 12,
@@ -82,7 +83,9 @@ def run_demo(
     if train:
         from comir.train import train as train_model
 
-        run_dir = train_model(_demo_train_config(train_dir, quick), out / "model", progress=progress)
+        run_dir = train_model(
+            _demo_train_config(train_dir, info["norm"], quick), out / "model", progress=progress
+        )
         model_ref: str | Path = run_dir
     else:
         model_ref = f"sample:{SAMPLE}"
@@ -98,6 +101,7 @@ def run_demo(
         levels=(1, 2, 3, 4),
         per_image=3 if quick else 12,
         seed=0,
+        norm=info["norm"],
     )
     methods = ("fft", "mi") if quick else METHODS
     res_dirs = []
@@ -116,9 +120,7 @@ def run_demo(
         "seconds": round(time.perf_counter() - t0, 1),
         "model": str(model_ref),
         "eval_width": EVAL_WIDTH,
-        "runs": {
-            p.name: json.loads((p / "summary.json").read_text()) for p in res_dirs
-        },
+        "runs": {p.name: json.loads((p / "summary.json").read_text()) for p in res_dirs},
         "figures": {k: str(v.relative_to(out)) for k, v in figures.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -146,7 +148,8 @@ def _figures(model, info: dict, hold_dir: Path, eval_dir: Path, out: Path, model
     corr_a = equivariance_correlation(lambda x: model.embed(x, "a"), raw, angles)
     corr_b = equivariance_correlation(lambda x: model.embed(x, "b"), raw, angles)
     figs["equivariance"] = plot.plot_equivariance(
-        angles, {"modality A (RGB)": corr_a, "modality B (NIR)": corr_b},
+        angles,
+        {"modality A (RGB)": corr_a, "modality B (NIR)": corr_b},
         out / "figures" / "equivariance.png",
     )
     loss_png = _loss_png(model_ref)
@@ -164,18 +167,18 @@ def _figures(model, info: dict, hold_dir: Path, eval_dir: Path, out: Path, model
 def _example_registrations(model, eval_dir: Path, path: Path, per_level: int = 1) -> Path:
     """Re-register the first pair of each level with raw MI and with CoMIR + fft, and draw them."""
     from comir import plot
-    from comir.evaluate import find_levels, read_level
-    from comir.io import read_image
+    from comir.evaluate import find_levels, patch_encoder, read_level, read_patch
     from comir.register import register
 
+    encoder = patch_encoder(model)
     rows = []
     for folder in find_levels(eval_dir):
         level = read_level(folder)
         for name in level.names[:per_level]:
-            fixed = read_image(level.files["A"][f"{name}_R"])
-            moving = read_image(level.files["B"][f"{name}_T"])
+            fixed = read_patch(level.files["A"][f"{name}_R"])
+            moving = read_patch(level.files["B"][f"{name}_T"])
             raw = register(fixed, moving, method="mi")
-            zf, zm = model.embed(fixed, "a"), model.embed(moving, "b")
+            zf, zm = encoder.embed(fixed, "a"), encoder.embed(moving, "b")
             co = register(zf, zm, method="fft")
             shape = fixed.shape[:2]
             rows.append(

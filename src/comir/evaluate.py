@@ -235,11 +235,12 @@ def _regions(
 ) -> list[tuple[str, int, int]]:
     """Patch positions ``(suffix, x0, y0)`` (top-left, full-image pixels) for one image.
 
-    The image minus a ``margin`` (room for the largest transformation) is divided into
-    the maximal grid of equal non-overlapping regions that each hold one w×w patch, and
-    the patch is cut from the centre of a region (as the public Zurich set). Without room
-    for the margin the grid covers the whole image. ``per_image`` above the number of
-    regions draws that many random (possibly overlapping) positions instead.
+    The image minus a ``margin`` on each side (room for the largest transformation; less
+    along an axis without room for it) is divided into the maximal grid of equal
+    non-overlapping regions that each hold one w×w patch, and the patch is cut from the
+    centre of a region (as the public Zurich set). ``per_image`` below the number of
+    regions keeps a random subset, above it draws that many random (possibly
+    overlapping) positions within the same margins instead.
     """
     h, w_img = shape
     if h < width or w_img < width:
@@ -247,14 +248,14 @@ def _regions(
             f"image of {w_img}×{h} px is smaller than the patch width {width}; "
             f"use --width {min(h, w_img)} or less"
         )
-    m = margin if min(h, w_img) - 2 * margin >= width else 0
-    ny, nx = (h - 2 * m) // width, (w_img - 2 * m) // width
-    cell_y, cell_x = (h - 2 * m) / ny, (w_img - 2 * m) / nx
+    my, mx = min(margin, (h - width) // 2), min(margin, (w_img - width) // 2)
+    ny, nx = (h - 2 * my) // width, (w_img - 2 * mx) // width
+    cell_y, cell_x = (h - 2 * my) / ny, (w_img - 2 * mx) / nx
     grid = [
         (
             f"{r + 1:02d}_{c + 1:02d}",
-            int(round(m + (c + 0.5) * cell_x - width / 2)),
-            int(round(m + (r + 0.5) * cell_y - width / 2)),
+            int(round(mx + (c + 0.5) * cell_x - width / 2)),
+            int(round(my + (r + 0.5) * cell_y - width / 2)),
         )
         for r in range(ny)
         for c in range(nx)
@@ -266,8 +267,8 @@ def _regions(
     if per_image < len(grid):
         keep = np.sort(rng.choice(len(grid), size=per_image, replace=False))
         return [grid[i] for i in keep]
-    x0 = rng.integers(m, w_img - m - width + 1, size=per_image)
-    y0 = rng.integers(m, h - m - width + 1, size=per_image)
+    x0 = rng.integers(mx, w_img - mx - width + 1, size=per_image)
+    y0 = rng.integers(my, h - my - width + 1, size=per_image)
     return [(f"p{k + 1:02d}", int(x), int(y)) for k, (x, y) in enumerate(zip(x0, y0))]
 
 
@@ -570,7 +571,9 @@ def _init_worker(threads: int) -> None:
         pass
 
 
-def _load(path: str) -> np.ndarray:
+def read_patch(path: str | os.PathLike) -> np.ndarray:
+    """An evaluation patch (or a cached ``.npy`` CoMIR) as float32 ``(H, W[, C])`` in [0, 1]."""
+    path = str(path)
     return np.load(path) if path.endswith(".npy") else to_unit_float(read_image(path))
 
 
@@ -579,7 +582,7 @@ def _register_task(task: tuple) -> tuple[int, list | None, float, float, str]:
     idx, fixed_path, moving_path, method, options, info = task
     t0 = time.perf_counter()
     try:
-        fixed, moving = _load(fixed_path), _load(moving_path)
+        fixed, moving = read_patch(fixed_path), read_patch(moving_path)
         if callable(method):
             res = method(fixed, moving, info=info, **options)
         else:
@@ -614,12 +617,19 @@ def _model_name(model) -> str | None:
     return str(getattr(model, "name", None) or getattr(model, "run", None) or type(model).__name__)
 
 
-def _prepared_model(model, eval_info: dict | None = None):
-    """Load ``model`` and switch its normalisation off: patches hold prepared values.
+def patch_encoder(model, eval_info: dict | None = None):
+    """The model for evaluation patches: loaded, with its input normalisation switched off.
 
-    Evaluation images are prepared floats (:func:`make_eval`) or 8-bit public patches, both
-    read back as [0, 1]; only the channel selection of the model's ``DataSpec`` still
-    applies. Warns when the set was prepared differently from the model's training data.
+    Evaluation images already hold prepared values (:func:`make_eval`; public 8-bit sets
+    are taken as such) and are read by :func:`read_patch` into [0, 1]; only the channel
+    selection of the model's ``DataSpec`` still applies. ``model.embed(read_patch(p), m)``
+    on the returned model gives the CoMIR of patch ``p``. Warns when ``eval_info`` (the
+    set's ``eval_info.json``) records another normalisation than the model was trained on.
+
+    Parameters
+    ----------
+    model : run dir, ``"sample:<name>"`` or ComirModel
+    eval_info : dict, optional
     """
     import dataclasses
     import warnings
@@ -650,7 +660,7 @@ def _embed_all(model, items: list[tuple[str, str]], cache: Path, progress: bool)
     groups: dict[tuple, list[int]] = {}
     images: dict[int, np.ndarray] = {}
     for k, (path, mod) in enumerate(items):
-        img = to_unit_float(read_image(path))
+        img = read_patch(path)
         images[k] = img
         groups.setdefault((mod, img.shape), []).append(k)
     out: list[str] = [""] * len(items)
@@ -758,7 +768,7 @@ def evaluate(
             ]
             info_path = Path(eval_dir) / "eval_info.json"
             info = json.loads(info_path.read_text()) if info_path.is_file() else None
-            emb = _embed_all(_prepared_model(model, info), items, Path(tmp), progress)
+            emb = _embed_all(patch_encoder(model, info), items, Path(tmp), progress)
             fixed_paths, moving_paths = emb[:n], emb[n:]
             embed_seconds = time.perf_counter() - t0
         tasks = [

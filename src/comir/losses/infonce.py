@@ -49,10 +49,11 @@ def _check(z: Tensor, critic: str) -> None:
 class _PairwiseDistance(torch.autograd.Function):
     """``D[i, k] = sum_p ||z_i[:, p] - z_k[:, p]||_q`` for ``q`` in {1, 2}, in row chunks.
 
-    ``z``: ``(M, L, P)`` -> ``D``: ``(M, M)``. Forward and backward each hold at most one
-    ``(rows, M, L, P)`` chunk, so memory stays bounded for large batches (autograd through a
-    plain broadcast would keep the whole ``(M, M, L, P)`` difference alive). The subgradient
-    at a zero difference is 0. Not twice differentiable.
+    ``z``: ``(M, L, P)`` -> ``D``: ``(M, M)``. Forward (``q = 2``; ``q = 1`` uses the fused
+    :func:`torch.cdist`) and backward each hold at most one ``(rows, M, L, P)`` chunk, so
+    memory stays bounded for large batches (autograd through a plain broadcast, or through
+    ``cdist``, keeps an ``(M, M, L·P)`` tensor alive). The subgradient at a zero difference is
+    0. Not twice differentiable.
     """
 
     @staticmethod
@@ -60,11 +61,13 @@ class _PairwiseDistance(torch.autograd.Function):
         ctx.save_for_backward(z)
         ctx.q, ctx.rows = q, rows
         m = z.shape[0]
+        if q == 1:  # the L1 sum over channels and pixels is the L1 distance of flat maps
+            flat = z.reshape(m, -1)
+            return torch.cdist(flat[None], flat[None], p=1.0)[0]
         out = z.new_empty((m, m))
         for s in range(0, m, rows):
             diff = z[s : s + rows, None] - z[None]  # (r, M, L, P)
-            norm = diff.abs() if q == 1 else diff.square_().sum(2).sqrt_()
-            out[s : s + rows] = norm.sum(dim=tuple(range(2, norm.ndim)))
+            out[s : s + rows] = diff.square_().sum(2).sqrt_().sum(2)
         return out
 
     @staticmethod
@@ -116,9 +119,10 @@ def similarity_matrix(z: Tensor, critic: str = "mse") -> Tensor:
                 d2 = (sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T).clamp_min(0.0)
                 return d2 * (-1.0 / (c * p))
             unit = F.normalize(z.reshape(m, c, p), dim=1)
-            return torch.einsum("ilp,klp->ik", unit, unit) / p
+            flat = unit.reshape(m, -1)
+            return (flat @ flat.T) / p
     rows = max(1, CHUNK_ELEMENTS // max(1, m * c * p))
-    q = 1 if critic == "l1" else 2
+    q = 1 if critic == "l1" or c == 1 else 2  # for L = 1 the two critics coincide
     return _PairwiseDistance.apply(z.reshape(m, c, p), q, rows) * (-1.0 / p)
 
 

@@ -16,7 +16,7 @@ Examples
 >>> from comir import samples
 >>> s = samples.sample("sentinel2")
 >>> s["a"].shape, s["b"].shape, s["norm"]
-((300, 300, 3), (300, 300, 1), 'bits:12')
+((300, 300, 3), (300, 300, 1), 'bits:13')
 """
 
 from __future__ import annotations
