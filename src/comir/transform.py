@@ -178,7 +178,9 @@ class RigidTransform:
             "replicate": cv2.BORDER_REPLICATE,
         }
         img = np.asarray(moving)
-        work = img.astype(np.float32) if img.dtype.kind not in "uf" or img.dtype == np.float64 else img
+        work = (
+            img.astype(np.float32) if img.dtype.kind not in "uf" or img.dtype == np.float64 else img
+        )
         chans = work.shape[2] if work.ndim == 3 else 1
         h, w = int(output_shape[0]), int(output_shape[1])
         m = self.matrix[:2].astype(np.float64)
@@ -190,8 +192,12 @@ class RigidTransform:
             out = np.stack(
                 [
                     cv2.warpAffine(
-                        np.ascontiguousarray(work[..., i]), m, (w, h), flags=flags,
-                        borderMode=modes[border], borderValue=fill,
+                        np.ascontiguousarray(work[..., i]),
+                        m,
+                        (w, h),
+                        flags=flags,
+                        borderMode=modes[border],
+                        borderValue=fill,
                     )
                     for i in range(chans)
                 ],
@@ -215,7 +221,9 @@ class RigidTransform:
     def from_dict(cls, d: dict) -> RigidTransform:
         if "matrix" in d:
             return cls(np.asarray(d["matrix"], dtype=float))
-        return cls.from_params(d["angle_deg"], tuple(d["translation"]), tuple(d.get("center", (0, 0))))
+        return cls.from_params(
+            d["angle_deg"], tuple(d["translation"]), tuple(d.get("center", (0, 0)))
+        )
 
     def save_json(self, path: str | os.PathLike, center=(0.0, 0.0), **extra) -> None:
         """Atomically write ``to_dict(center)`` plus ``extra`` keys as JSON."""
