@@ -155,10 +155,24 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", required=True, type=str.lower, choices=("a", "b"))
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--format", default="tif", choices=("tif", "png", "npy"), help="(tif)")
-    p.add_argument("--tile", type=int, metavar="T", help="tile size for large images")
-    p.add_argument("--overlap", type=int, default=32, metavar="O", help="tile overlap (32)")
+    p.add_argument("--tile", type=int, metavar="T", help="tile size (default: whole image)")
+    p.add_argument(
+        "--overlap", type=int, metavar="O",
+        help="tile overlap (default: exact for the model, 2×receptive radius + ramp)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-pixels", type=float, default=4 * 2**20, metavar="P",
+        help="tile images with more pixels than this automatically (4194304 = 2048²; "
+        "whole-image inference of the small preset needs ~1.6 GB per megapixel)",
+    )  # fmt: skip
+    p.add_argument("--shard", metavar="I/N", help="embed only part I (0-based) of N of the inputs")
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+        help="inference precision (fp32; bf16 is ~2.5x faster on CPUs with AMX/AVX512-BF16)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 @command("embed", "Turn images into CoMIRs with a trained model.", _embed_arguments)
@@ -168,7 +182,7 @@ def _embed_command(args: argparse.Namespace) -> int:
     from comir.embed import embed_files, load_model
 
     t0 = time.perf_counter()
-    model = load_model(args.run, device=args.device)
+    model = load_model(args.run, device=args.device, precision=args.precision)
     outs = embed_files(
         model,
         args.inputs,
@@ -178,9 +192,13 @@ def _embed_command(args: argparse.Namespace) -> int:
         tile=args.tile,
         overlap=args.overlap,
         skip_existing=not args.overwrite,
+        max_pixels=int(args.max_pixels) if args.max_pixels > 0 else None,
+        shard=args.shard,
+        progress=not args.quiet,
     )
+    part = f" (shard {args.shard})" if args.shard else ""
     print(
-        f"embedded {len(outs)} image(s) as modality {args.modality.upper()} into {args.out} "
+        f"embedded {len(outs)} image(s){part} as modality {args.modality.upper()} into {args.out} "
         f"({args.format}, L={model.latent_channels}) in {time.perf_counter() - t0:.1f} s"
     )
     return 0

@@ -9,15 +9,24 @@ Tiled inference
 Large images are split into ``tile × tile`` windows whose origins lie on the network's
 pooling grid (multiples of ``2 ** len(down_layers)``) of the image reflect-padded at the
 bottom/right exactly as the encoder pads a whole image, so every tile sees the same
-pixels and pooling cells as the whole-image pass. Tile outputs are blended with weights
-that are zero within ``margin`` pixels of a tile edge that lies inside the image and rise
-with a raised cosine over the rest of the overlap; the weights of two neighbours sum to 1.
-With ``margin`` at least the receptive-field radius of the network
-(:func:`receptive_radius`; 8 px for a one-pooling toy model, 74 px for the ``small``
-preset), which requires ``overlap >= 2 * radius + ramp``, the tiled result equals the
-whole-image result up to float rounding everywhere, including the image border (there is
-no border band: image edges are treated identically in both passes). Smaller overlaps
-still blend smoothly but approximate the whole-image result near tile seams.
+pixels and pooling cells as the whole-image pass. Tile outputs are blended with separable
+weights that are zero within ``margin`` pixels of a tile edge that lies inside the image
+and rise with a raised cosine over the rest of the overlap, normalised to sum to 1.
+When ``overlap > 2 * radius`` (:func:`receptive_radius`; 8 px for a one-pooling toy model,
+74 px for the ``small`` preset, 290 px for ``paper``) the margin is the full radius and
+the tiled result equals the whole-image result up to float rounding everywhere, including
+the image border (there is no border band: image edges are treated identically in both
+passes). ``overlap=None`` (the default) picks the smallest such overlap for the loaded
+model (:meth:`ComirModel.exact_overlap`: 160 px for ``small``). Smaller overlaps still
+blend smoothly but approximate the whole-image result near tile seams.
+
+Memory. Whole-image inference of the ``small`` preset on CPU peaks at about 1.6 GB per
+megapixel (measured, float32), so images above ``max_pixels`` (default
+:data:`MAX_PIXELS` = 4 MP) are tiled automatically with :data:`DEFAULT_TILE`. Tiles are
+processed one row of tiles at a time: the input is read and the output written in bands of
+``tile`` rows (:mod:`comir.batch` streams single-page TIFF and ``.npy`` files and writes
+float32 BigTIFF / ``.npy`` band by band), so peak memory is set by the tile size and the
+image width, not the image size.
 """
 
 from __future__ import annotations
@@ -31,14 +40,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from comir.errors import ComirError
-from comir.io import IMAGE_SUFFIXES, read_image, write_image
+from comir.io import IMAGE_SUFFIXES, write_image
 
 FORMATS = ("tif", "png", "npy")
-#: Tiles encoded per forward pass.
-TILE_BATCH = 8
+#: Images with more pixels than this are tiled automatically (whole-image inference of the
+#: ``small`` preset needs ~1.6 GB per megapixel on CPU).
+MAX_PIXELS = 4 * 2**20
+#: Tile side used when tiling is automatic.
+DEFAULT_TILE = 1024
+#: Pixels encoded per forward pass when tiling (several small tiles share one pass).
+TILE_BATCH_PIXELS = 2**20
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def receptive_radius(config) -> int:
@@ -84,14 +98,92 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def _pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
-    """Reflect-pad ``(B, C, H, W)`` at the bottom/right to multiples of ``m`` (as Tiramisu does)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % m, (-w) % m
-    if not (ph or pw):
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+def _pad_index(n_out: int, n: int, mode: str) -> np.ndarray:
+    """Source index of each of ``n_out >= n`` positions after bottom/right padding.
+
+    Matches ``F.pad(..., mode="reflect" | "replicate")`` as used by the encoder.
+    """
+    i = np.arange(n_out)
+    if mode == "reflect":
+        return np.where(i < n, i, 2 * (n - 1) - i)
+    return np.minimum(i, n - 1)
+
+
+@dataclass
+class TilePlan:
+    """Tile layout of one axis pair: origins, sizes and normalised blending weights.
+
+    Attributes
+    ----------
+    ys, xs : list of int
+        Tile origins in the padded image (multiples of the pooling factor).
+    th, tw : int
+        Tile height and width.
+    hp, wp : int
+        Padded image size (multiples of the pooling factor).
+    wy, wx : list of ndarray
+        Per-tile 1-D weights ``(th,)``/``(tw,)``; ``Σ_i wy[i]`` is 1 on every row and
+        ``Σ_j wx[j]`` on every column, so the 2-D weights ``wy ⊗ wx`` sum to 1.
+    overlap, margin : int
+        Effective overlap and the zero-weight band at interior tile edges.
+    """
+
+    ys: list[int]
+    xs: list[int]
+    th: int
+    tw: int
+    hp: int
+    wp: int
+    wy: list[np.ndarray]
+    wx: list[np.ndarray]
+    overlap: int
+    margin: int
+
+
+def _normalised_windows(
+    starts: list[int], n: int, size: int, overlap: int, margin: int
+) -> list[np.ndarray]:
+    ws = [_window(n, s > 0, s + n < size, overlap, margin) for s in starts]
+    total = np.zeros(size)
+    for s, w in zip(starts, ws):
+        total[s : s + n] += w
+    return [(w / total[s : s + n]).astype(np.float32) for s, w in zip(starts, ws)]
+
+
+def plan_tiles(
+    height: int, width: int, tile: int, overlap: int, multiple: int, radius: int
+) -> TilePlan:
+    """Lay out tiles for an ``height × width`` image (see the module docstring).
+
+    ``tile`` is rounded up to ``multiple``, the stride down to it; ``overlap > 2 * radius``
+    gives an exact result (margin = radius), smaller overlaps an approximate one.
+    """
+    if tile < 1 or overlap < 0 or overlap >= tile:
+        raise ComirError(f"invalid tiling tile={tile}, overlap={overlap}; need tile > overlap >= 0")
+    mult = int(multiple)
+    tile = -(-tile // mult) * mult
+    stride = max(mult, (tile - overlap) // mult * mult)
+    overlap = tile - stride
+    if overlap > 2 * radius:
+        margin = radius
+    else:  # approximate: keep a smooth ramp over a quarter of the overlap
+        ramp = max(overlap // 4, 1)
+        margin = max((overlap - ramp) // 2, 0)
+    hp, wp = height + (-height) % mult, width + (-width) % mult
+    th, tw = min(tile, hp), min(tile, wp)
+    ys, xs = _starts(hp, th, stride), _starts(wp, tw, stride)
+    return TilePlan(
+        ys=ys,
+        xs=xs,
+        th=th,
+        tw=tw,
+        hp=hp,
+        wp=wp,
+        wy=_normalised_windows(ys, th, hp, overlap, margin),
+        wx=_normalised_windows(xs, tw, wp, overlap, margin),
+        overlap=overlap,
+        margin=margin,
+    )
 
 
 @dataclass
@@ -102,6 +194,11 @@ class ComirModel:
     data: object  # comir.data.DataSpec
     config: dict
     device: torch.device
+    #: Where the model came from (run folder or ``sample:<name>``), for reports.
+    name: str | None = None
+    #: Inference precision: ``fp32`` (default), ``bf16`` (autocast; fast on CPUs with
+    #: AMX/AVX512-BF16, see benchmarks/notes.md) or ``fp16`` (autocast, CUDA).
+    precision: str = "fp32"
 
     @property
     def latent_channels(self) -> int:
@@ -114,6 +211,21 @@ class ComirModel:
             raise ComirError(f"modality must be 'a' or 'b', got {modality!r}")
         return m
 
+    def receptive_radius(self, modality: str = "a") -> int:
+        """Receptive-field radius (px) of the encoder of ``modality``."""
+        return receptive_radius(self.model.encoders[self._check_modality(modality)].config)
+
+    def exact_overlap(self, modality: str = "a") -> int:
+        """Smallest tile overlap giving tiled == whole-image output for this model.
+
+        ``2 * radius`` plus one pooling cell of blending ramp, rounded up to the pooling
+        multiple (160 px for the ``small`` preset, 592 px for ``paper``).
+        """
+        m = self._check_modality(modality)
+        mult = int(self.model.encoders[m].multiple)
+        need = 2 * self.receptive_radius(m) + mult
+        return -(-need // mult) * mult
+
     def _prepare(self, image: np.ndarray, modality: str, where: str) -> torch.Tensor:
         x = self.data.prepare(image, modality, where=where)  # (H, W, C) float32
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
@@ -122,7 +234,10 @@ class ComirModel:
     def _forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         """``(B, C, H, W)`` on CPU -> ``(B, L, H, W)`` float32 on CPU."""
         self.model.eval()
-        return self.model(x.to(self.device), modality).float().cpu()
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dt or torch.float32, enabled=dt is not None):
+            z = self.model(x.to(self.device), modality)
+        return z.float().cpu()
 
     def embed(
         self,
@@ -130,8 +245,9 @@ class ComirModel:
         modality: str,
         *,
         tile: int | None = None,
-        overlap: int = 32,
+        overlap: int | None = None,
         where: str = "",
+        max_pixels: int | None = MAX_PIXELS,
     ) -> np.ndarray:
         """Encode one raw image.
 
@@ -142,12 +258,16 @@ class ComirModel:
             stored channel selection and normalisation are applied.
         modality : {"a", "b"}
         tile : int, optional
-            Tile size for large images (rounded up to the pooling multiple); ``None``
-            encodes the whole image at once.
-        overlap : int
-            Overlap of neighbouring tiles (see the module docstring for exactness).
+            Tile size (rounded up to the pooling multiple); ``None`` encodes the whole
+            image at once unless it has more than ``max_pixels`` pixels.
+        overlap : int, optional
+            Overlap of neighbouring tiles; ``None`` uses :meth:`exact_overlap` (tiled ==
+            whole-image output, see the module docstring).
         where : str
             File name used in error messages.
+        max_pixels : int, optional
+            Larger images are tiled with ``tile or DEFAULT_TILE``; ``None`` never tiles
+            automatically.
 
         Returns
         -------
@@ -155,48 +275,113 @@ class ComirModel:
             ``(H, W, L)`` float32 representation.
         """
         m = self._check_modality(modality)
-        x = self._prepare(image, m, where)
-        h, w = x.shape[-2:]
+        h, w = image.shape[:2]
+        tile = self._auto_tile(h, w, tile, max_pixels)
         if tile is None or (tile >= h and tile >= w):
-            z = self._forward(x, m)
-        else:
-            z = self._embed_tiled(x, m, int(tile), int(overlap))
-        return np.ascontiguousarray(z[0, :, :h, :w].permute(1, 2, 0).numpy(), dtype=np.float32)
+            z = self._forward(self._prepare(image, m, where), m)
+            return np.ascontiguousarray(z[0, :, :h, :w].permute(1, 2, 0).numpy(), dtype=np.float32)
+        x = self.data.prepare(image, m, where=where)  # (H, W, C) float32
+        out = np.empty((h, w, self.latent_channels), dtype=np.float32)
 
-    def _embed_tiled(self, x: torch.Tensor, m: str, tile: int, overlap: int) -> torch.Tensor:
-        """Blend overlapping tiles of ``x (1, C, H, W)``; returns ``(1, L, Hp, Wp)``."""
+        def sink(r0: int, rows: np.ndarray) -> None:
+            out[r0 : r0 + rows.shape[0]] = rows
+
+        self.embed_rows(lambda r0, r1: x[r0:r1], (h, w), m, sink, tile=tile, overlap=overlap)
+        return out
+
+    @staticmethod
+    def _auto_tile(h: int, w: int, tile: int | None, max_pixels: int | None) -> int | None:
+        if tile is None and max_pixels is not None and h * w > max_pixels:
+            return DEFAULT_TILE
+        return tile
+
+    def embed_rows(
+        self,
+        read_rows,
+        shape: tuple[int, int],
+        modality: str,
+        write_rows,
+        *,
+        tile: int,
+        overlap: int | None = None,
+        progress=None,
+    ) -> TilePlan:
+        """Tiled inference with bounded memory: read and write the image in row bands.
+
+        Parameters
+        ----------
+        read_rows : callable
+            ``read_rows(r0, r1) -> (r1 - r0, W, C)`` float32 network input (prepared).
+        shape : (int, int)
+            Image size ``(H, W)``.
+        modality : {"a", "b"}
+        write_rows : callable
+            ``write_rows(r0, rows)`` receives finished output rows ``(n, W, L)`` float32,
+            top to bottom, each row exactly once.
+        tile, overlap : int
+            As for :meth:`embed`.
+        progress : object, optional
+            Gets ``update(1)`` per tile (e.g. a tqdm bar).
+
+        Returns
+        -------
+        TilePlan
+            The layout used.
+
+        Notes
+        -----
+        Memory holds one row of tiles: the prepared input band ``(tile, W, C)``, the
+        output accumulator ``(tile, W, L)`` and the activations of
+        ``max(1, TILE_BATCH_PIXELS // tile²)`` tiles.
+        """
+        m = self._check_modality(modality)
         enc = self.model.encoders[m]
+        h, w = (int(v) for v in shape)
+        if overlap is None:
+            overlap = self.exact_overlap(m)
+            if tile <= overlap:
+                raise ComirError(
+                    f"--tile {tile} is too small for this model: exact tiling needs an overlap "
+                    f"of {overlap} px; use --tile {2 * overlap} or more (or set --overlap)"
+                )
         mult = int(enc.multiple)
-        if tile < 1 or overlap < 0 or overlap >= tile:
-            raise ComirError(
-                f"invalid tiling tile={tile}, overlap={overlap}; need tile > overlap >= 0"
-            )
-        tile = -(-tile // mult) * mult
-        stride = max(mult, (tile - overlap) // mult * mult)
-        overlap = tile - stride
-        rf = receptive_radius(enc.config)
-        ramp = max(overlap - 2 * rf, overlap // 4, 1)
-        margin = max((overlap - ramp) // 2, 0)
+        plan = plan_tiles(h, w, int(tile), int(overlap), mult, receptive_radius(enc.config))
+        ph, pw = plan.hp - h, plan.wp - w
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        row_map, col_map = _pad_index(plan.hp, h, mode), _pad_index(plan.wp, w, mode)
+        th, tw, n_lat = plan.th, plan.tw, self.latent_channels
+        per_pass = max(1, TILE_BATCH_PIXELS // (th * tw))
+        acc = np.zeros((th, plan.wp, n_lat), dtype=np.float32)
+        top = 0  # padded row held by acc[0]; rows above it are written
 
-        xp = _pad_to_multiple(x, mult)
-        hp, wp = xp.shape[-2:]
-        th, tw = min(tile, hp), min(tile, wp)
-        ys, xs = _starts(hp, th, stride), _starts(wp, tw, stride)
-        wy = [_window(th, y > 0, y + th < hp, overlap, margin) for y in ys]
-        wx = [_window(tw, c > 0, c + tw < wp, overlap, margin) for c in xs]
-        boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-        out = torch.zeros((1, self.latent_channels, hp, wp), dtype=torch.float64)
-        wsum = torch.zeros((1, 1, hp, wp), dtype=torch.float64)
-        for k in range(0, len(boxes), TILE_BATCH):
-            chunk = boxes[k : k + TILE_BATCH]
-            batch = torch.cat([xp[..., ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for i, j in chunk])
-            z = self._forward(batch, m).double()
-            for (i, j), zt in zip(chunk, z):
-                wt = torch.from_numpy(np.outer(wy[i], wx[j]))
-                sl = (..., slice(ys[i], ys[i] + th), slice(xs[j], xs[j] + tw))
-                out[sl] += zt * wt
-                wsum[sl] += wt
-        return (out / wsum).float()
+        def flush(until: int) -> None:
+            nonlocal acc, top
+            stop = min(until, h)
+            if stop > top:
+                write_rows(top, acc[: stop - top, :w])
+            shift = until - top
+            acc = np.concatenate([acc[shift:], np.zeros((shift, plan.wp, n_lat), np.float32)])
+            top = until
+
+        for i, y in enumerate(plan.ys):
+            if y > top:
+                flush(y)
+            idx = row_map[y : y + th]
+            r0 = int(idx.min())
+            band = np.asarray(read_rows(r0, int(idx.max()) + 1), dtype=np.float32)
+            band = band[idx - r0][:, col_map]  # (th, wp, C), padded like the encoder pads
+            xt = torch.from_numpy(np.ascontiguousarray(band.transpose(2, 0, 1)))
+            for k in range(0, len(plan.xs), per_pass):
+                cols = plan.xs[k : k + per_pass]
+                z = self._forward(torch.stack([xt[:, :, c : c + tw] for c in cols]), m)
+                z = z.permute(0, 2, 3, 1).numpy()  # (b, th, tw, L)
+                for j, (c, zt) in enumerate(zip(cols, z)):
+                    wt = np.outer(plan.wy[i], plan.wx[k + j])[..., None]
+                    acc[:, c : c + tw] += zt * wt
+                    if progress is not None:
+                        progress.update(1)
+        flush(plan.hp)
+        return plan
 
     def embed_batch(self, images: Sequence[np.ndarray], modality: str) -> list[np.ndarray]:
         """Encode several raw images; images of equal size share one forward pass.
@@ -225,7 +410,7 @@ def _resolve_run(run: str | os.PathLike) -> Path:
     return Path(run)
 
 
-def load_model(run: str | Path, device: str = "auto") -> ComirModel:
+def load_model(run: str | Path, device: str = "auto", precision: str = "fp32") -> ComirModel:
     """Load ``RUN/config.json`` + ``RUN/model.safetensors`` for inference.
 
     Parameters
@@ -233,6 +418,8 @@ def load_model(run: str | Path, device: str = "auto") -> ComirModel:
     run : path or ``"sample:<name>"``
         A ``comir train`` output folder, or the model shipped with a bundled sample.
     device : {"auto", "cpu", "cuda", "mps"}
+    precision : {"fp32", "bf16", "fp16"}
+        Inference precision (autocast); see :attr:`ComirModel.precision`.
 
     Raises
     ------
@@ -270,9 +457,13 @@ def load_model(run: str | Path, device: str = "auto") -> ComirModel:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ComirError(f"{w_path}: corrupt weights file ({exc}); retrain or restore") from None
     load_weights_state(model, state, str(w_path))
+    if precision not in PRECISIONS:
+        raise ComirError(f"invalid precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
     model.to(dev).eval()
-    return ComirModel(model=model, data=spec, config=config, device=dev)
+    return ComirModel(
+        model=model, data=spec, config=config, device=dev, name=str(run), precision=precision
+    )
 
 
 def to_uint8(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -297,20 +488,49 @@ def embed_files(
     out_dir: str | os.PathLike,
     fmt: str = "tif",
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int | None = None,
     skip_existing: bool = True,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    shard: tuple[int, int] | str | None = None,
+    progress: bool = False,
 ) -> list[Path]:
-    """Embed image files into ``out_dir/<stem>.<fmt>`` (atomic writes).
+    """Embed image files into ``out_dir/<stem>.<fmt>`` (atomic writes, resumable).
 
     ``fmt``: ``tif`` float32 (default), ``png`` 8-bit via :func:`to_uint8` (L = 1 or 3),
-    ``npy`` float32. Existing outputs are kept when ``skip_existing``. Inputs are checked
-    (existence, type, unique names) before anything is written.
+    ``npy`` float32. Inputs are checked (existence, type, unique names) before anything is
+    written.
+
+    Tiled images (``tile`` given, or more than ``max_pixels`` pixels) with ``tif``/``npy``
+    output are streamed: single-page TIFF and ``.npy`` inputs are read in bands and the
+    output is written band by band into a BigTIFF / ``.npy`` (memory bounded by the tile
+    size and image width, see the module docstring).
+
+    Resuming: with ``skip_existing`` finished outputs are kept; an output exists under its
+    final name only when complete, and temporary ``.part`` files of an interrupted run
+    are removed and redone.
+
+    Parameters
+    ----------
+    shard : (I, N) or "I/N", optional
+        Embed only the ``I``-th of ``N`` interleaved parts of the inputs sorted by path
+        (:func:`comir.batch.shard_indices`).
+    progress : bool
+        Show a progress bar (images, and tiles of streamed images).
 
     Returns
     -------
     list of Path
-        The output file of every input, in input order.
+        The output file of every input of this shard, in input order.
     """
+    from comir.batch import (
+        open_image,
+        parse_shard,
+        progress_bar,
+        remove_stale_parts,
+        shard_indices,
+    )
+
     fmt = fmt.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ComirError(f"unsupported output format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -319,6 +539,8 @@ def embed_files(
             f"PNG export needs 1 or 3 representation channels, the model has "
             f"{model.latent_channels}; use --format tif or npy"
         )
+    m = model._check_modality(modality)
+    shard = parse_shard(shard)
     paths = [Path(p) for p in inputs]
     if not paths:
         raise ComirError("no input images given")
@@ -340,12 +562,75 @@ def embed_files(
         seen[o] = p
     if out_dir.exists() and not out_dir.is_dir():
         raise ComirError(f"{out_dir}: exists and is not a folder; choose another --out")
-    for p, o in zip(paths, outs):
-        if skip_existing and o.is_file():
-            continue
-        z = model.embed(read_image(p), modality, tile=tile, overlap=overlap, where=str(p))
-        if fmt == "png":
-            write_image(o, to_uint8(z))
-        else:
-            write_image(o, z[..., 0] if fmt == "tif" and z.shape[2] == 1 else z)
-    return outs
+    mine = shard_indices([str(p) for p in paths], shard)
+    todo = []
+    for k in mine:
+        remove_stale_parts(outs[k])
+        if not (skip_existing and outs[k].is_file()):
+            todo.append(k)
+    bar = progress_bar(len(todo), "embed", progress, unit="img")
+    try:
+        for k in todo:
+            with open_image(paths[k]) as src:
+                h, w = src.shape[:2]
+                t = model._auto_tile(h, w, tile, max_pixels)
+                pointwise = getattr(model.data, f"norm_{m}", "none") != "percentile"
+                if t is not None and t < max(h, w) and fmt != "png" and src.streaming and pointwise:
+                    _embed_streamed(model, src, m, outs[k], t, overlap, progress)
+                else:
+                    z = model.embed(
+                        src.read(), m, tile=t, overlap=overlap, where=str(paths[k]), max_pixels=None
+                    )
+                    _write_output(outs[k], z, fmt)
+            bar.update(1)
+    finally:
+        bar.close()
+    return [outs[k] for k in mine]
+
+
+def _write_output(path: Path, z: np.ndarray, fmt: str) -> None:
+    """Atomically write one ``(H, W, L)`` CoMIR in ``fmt``."""
+    if fmt == "png":
+        write_image(path, to_uint8(z))
+    else:
+        write_image(path, z[..., 0] if fmt == "tif" and z.shape[2] == 1 else z)
+
+
+def _embed_streamed(
+    model: ComirModel,
+    src,
+    modality: str,
+    out: Path,
+    tile: int,
+    overlap: int | None,
+    progress: bool,
+) -> None:
+    """Band-wise tiled embedding of an :class:`comir.batch.ImageSource` into ``out``."""
+    from comir.batch import RowWriter, progress_bar
+
+    h, w = src.shape[:2]
+    n_lat = model.latent_channels
+    squeeze = out.suffix == ".tif" and n_lat == 1
+    where = str(src.path)
+
+    def read_rows(r0: int, r1: int) -> np.ndarray:
+        return model.data.prepare(src.read_rows(r0, r1), modality, where=where)
+
+    bar = None
+    with RowWriter(out, (h, w) if squeeze else (h, w, n_lat)) as writer:
+
+        def write_rows(r0: int, rows: np.ndarray) -> None:
+            writer.write_rows(r0, rows[..., 0] if squeeze else rows)
+
+        if progress:
+            ov = model.exact_overlap(modality) if overlap is None else overlap
+            mult = int(model.model.encoders[modality].multiple)
+            plan = plan_tiles(h, w, tile, min(ov, tile - 1), mult, 0)
+            bar = progress_bar(len(plan.ys) * len(plan.xs), out.name, True, unit="tile")
+        try:
+            model.embed_rows(
+                read_rows, (h, w), modality, write_rows, tile=tile, overlap=overlap, progress=bar
+            )
+        finally:
+            if bar is not None:
+                bar.close()

@@ -137,19 +137,32 @@ def _display(image, like=None):
     return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
 
 
-def _grey(image, like=None):
-    d = _display(image, like)
-    return d.mean(axis=2) if d.ndim == 3 else d
+def _standardised(image, like=None):
+    """Grey image, standardised by the mean/std of ``like`` (default: itself), in [0, 1].
 
-
-def colour_overlay(fixed, moving, moving_like=None):
-    """Green = fixed, magenta = moving (grey where they agree); ``(H, W, 3)`` in [0, 1].
-
-    ``moving_like``: image whose percentiles scale ``moving`` (e.g. the unwarped original).
+    ±2.5 standard deviations span [0, 1]; ``like`` keeps a warped copy with empty borders
+    on the scale of its original.
     """
     import numpy as np
 
-    f, m = _grey(fixed), _grey(moving, moving_like)
+    def grey(a):
+        x = np.asarray(a, dtype=np.float64)
+        return x.mean(axis=2) if x.ndim == 3 else x
+
+    x, ref = grey(image), grey(image if like is None else like)
+    return np.clip(0.5 + (x - ref.mean()) / (5.0 * ref.std() + 1e-12), 0.0, 1.0)
+
+
+def colour_overlay(fixed, moving, moving_like=None):
+    """Green = fixed, magenta = moving, grey where they agree; ``(H, W, 3)`` in [0, 1].
+
+    Both are standardised first, so that the same content at another brightness or contrast
+    still blends to grey. ``moving_like``: the image whose statistics scale ``moving``
+    (e.g. the unwarped original of a warped ``moving``).
+    """
+    import numpy as np
+
+    f, m = _standardised(fixed), _standardised(moving, moving_like)
     return np.stack([m, f, m], axis=-1)
 
 
@@ -215,7 +228,9 @@ def plot_loss(metrics_rows: list[dict], path: str | os.PathLike) -> Path:
 
 def plot_modalities_and_comirs(image_a, image_b, comir_a, comir_b, path: str | os.PathLike) -> Path:
     """Both modalities of one scene (top) and their CoMIRs (bottom), ``(H, W[, C])`` each."""
-    fig, axes = plt.subplots(2, 2, figsize=(8, 8 * image_a.shape[0] / image_a.shape[1] + 0.6))
+    h, w = image_a.shape[:2]
+    grid = (1, 4) if h > w else (2, 2)
+    fig, axes = plt.subplots(*grid, figsize=(12, 12 * h / w / 4 + 0.5) if h > w else (8, 8.5))
     panels = [
         (image_a, "modality A"),
         (image_b, "modality B"),
@@ -250,27 +265,22 @@ def plot_equivariance(angles_deg, curves: dict, path: str | os.PathLike) -> Path
 
 
 def plot_registration_rows(rows: list[dict], path: str | os.PathLike) -> Path:
-    """One row per example: fixed, moving, then colour overlays (before and per method).
+    """One row per example: plain panels, then colour overlays.
 
-    Each row is ``{"title": str, "fixed": img, "moving": img, "overlays": [(label, warped)]}``
-    where ``warped`` is the moving image resampled into the fixed frame.
+    Each row is ``{"title": str, "panels": [(label, image)], "overlays": [(label, fixed,
+    warped, original)]}``; ``warped`` is ``original`` resampled into the frame of ``fixed``.
     """
     import numpy as np
 
-    n_cols = 3 + max(len(r["overlays"]) for r in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.6 * n_cols, 2.7 * len(rows)))
+    n_cols = max(len(r["panels"]) + len(r["overlays"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.4 * n_cols, 2.5 * len(rows)))
     axes = np.atleast_2d(axes)
     for ax_row, r in zip(axes, rows):
-        h, w = np.asarray(r["fixed"]).shape[:2]
-        mv = np.asarray(r["moving"])[:h, :w]
-        panels = [
-            (_display(r["fixed"]), "fixed"),
-            (_display(r["moving"]), "moving"),
-            (colour_overlay(r["fixed"], mv), "before"),
-        ] + [(colour_overlay(r["fixed"], warped), label) for label, warped in r["overlays"]]
+        panels = [(label, _display(img)) for label, img in r["panels"]]
+        panels += [(label, colour_overlay(f, w, o)) for label, f, w, o in r["overlays"]]
         for ax in ax_row:
             ax.axis("off")
-        for ax, (img, label) in zip(ax_row, panels):
+        for ax, (label, img) in zip(ax_row, panels):
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
             ax.set_title(label, fontsize=8)
         ax_row[0].text(
@@ -283,6 +293,6 @@ def plot_registration_rows(rows: list[dict], path: str | os.PathLike) -> Path:
             ha="right",
             fontsize=8,
         )
-    fig.suptitle("green = fixed, magenta = moving, grey where they agree", fontsize=9)
+    fig.suptitle("overlays: green = fixed, magenta = moving, grey where they agree", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
