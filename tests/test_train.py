@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from scipy.ndimage import gaussian_filter
 
-from comir import train as train_module  # the callable module (see comir.train)
+import comir.train as train_module
 from comir.errors import ComirError
 from comir.io import write_image
 from comir.train import (
@@ -238,7 +238,17 @@ def test_collapse_warning(data, tmp_path, monkeypatch):
 
 
 def test_lazy_exports():
+    import subprocess
+    import sys
+
     import comir
 
-    assert callable(comir.train) and callable(comir.load_model)
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, comir; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert light.stdout.strip() == "False"  # `import comir` alone does not load torch
+    assert callable(comir.load_model)
     assert comir.load_model.__module__ == "comir.embed"

@@ -10,10 +10,10 @@ from comir.errors import ComirError
 
 __version__ = "0.1.0"
 
-__all__ = ["ComirError", "__version__", "load_model", "train"]
+__all__ = ["ComirError", "__version__", "load_model"]
 
 # Heavy modules (torch) load on first use so that `import comir` stays light.
-_LAZY = {"load_model": "comir.embed", "train": "comir.train"}
+_LAZY = {"load_model": "comir.embed"}
 
 
 def __getattr__(name: str):

@@ -35,7 +35,7 @@ _TRAIN_FLAGS = (
     "layout", "a", "b", "val", "val_fraction", "preset", "steps", "epochs", "steps_per_epoch",
     "batch_size", "patch_size", "critic", "tau", "optimizer", "lr", "weight_decay", "l1", "l2",
     "latent_channels", "seed", "device", "workers", "norm", "norm_b", "log_a", "log_b",
-    "equivariance",
+    "equivariance", "precision",
 )  # fmt: skip
 
 
@@ -66,6 +66,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="weight and data seed (0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="(auto)")
     p.add_argument("--workers", type=int, help="data loading processes (0)")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16: autocast (~2x faster steps on "
+        "CPUs with AMX/AVX512-BF16) (auto)",
+    )  # fmt: skip
     p.add_argument("--norm", help="auto | none | percentile | bits:N (auto)")
     p.add_argument("--norm-b", help="normalisation of modality B (default: --norm)")
     p.add_argument("--log-a", action="store_const", const=True, help="log(1+x) on modality A")
@@ -141,7 +146,7 @@ def _train_command(args: argparse.Namespace) -> int:
     last = rows[-1] if rows else {}
     print(
         f"trained {int(last.get('step', 0))} steps in {time.perf_counter() - t0:.1f} s: "
-        f"loss {last.get('loss', math.nan):.4f}"
+        f"last-step loss {last.get('loss', math.nan):.4f}"
         + (f", val_loss {vals[-1]:.4f}" if vals else "")
         + f", representation std {last.get('out_std', math.nan):.3g}"
     )
@@ -329,25 +334,48 @@ def _make_eval_command(args: argparse.Namespace) -> int:
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("eval_dir", metavar="EVAL", help="evaluation set (ours or MultiRegEval)")
+    p.add_argument(
+        "eval_dir", nargs="?", metavar="EVAL", help="evaluation set (ours or MultiRegEval)"
+    )
     p.add_argument("--method", default="fft", help="fft | sift | mi | elastix (fft)")
     p.add_argument("--model", metavar="RUN", help="register CoMIRs of this run (or sample:NAME)")
     p.add_argument("--direction", default="b2a", choices=("b2a", "a2b", "a2a", "b2b"))
-    p.add_argument("--out", required=True, metavar="RES", help="results folder")
+    p.add_argument("--out", metavar="RES", help="results folder (required unless --merge)")
     p.add_argument("--workers", type=int, metavar="N", help="registration processes (≤ 4)")
+    p.add_argument(
+        "--shard", metavar="I/N",
+        help="register only part I (0-based) of N of the pairs into RES/shards/; the last "
+        "shard to finish merges all of them",
+    )  # fmt: skip
+    p.add_argument(
+        "--merge", metavar="RES", help="merge the finished shards of RES (no registration)"
+    )
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="back-end option")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 @command("evaluate", "Register and score every pair of an evaluation set.", _evaluate_arguments)
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from comir.evaluate import evaluate
+    from comir.evaluate import evaluate, merge_shards
 
-    s = evaluate(
-        args.eval_dir, method=args.method, model=args.model, direction=args.direction,
-        out=args.out, workers=args.workers, progress=not args.quiet,
-        **_parse_options(args.option),
-    )  # fmt: skip
+    if args.merge:
+        s = merge_shards(args.merge)
+        args.out = args.merge
+    else:
+        if args.eval_dir is None or args.out is None:
+            raise ComirError("give EVAL and --out RES (or --merge RES to merge finished shards)")
+        s = evaluate(
+            args.eval_dir, method=args.method, model=args.model, direction=args.direction,
+            out=args.out, workers=args.workers, progress=not args.quiet, shard=args.shard,
+            **_parse_options(args.option),
+        )  # fmt: skip
+    if s.get("complete") is False:
+        print(
+            f"shard {args.shard}: registered {s['n_shard_pairs']} of {s['n_pairs']} pairs into "
+            f"{s['shard_file']}; waiting for shard(s) {', '.join(map(str, s['missing_shards']))}"
+            " (the last one to finish merges, or run comir evaluate --merge RES)"
+        )
+        return 0
     rates = ", ".join(
         f"{'all' if k == 'all' else 'L' + k} {v:.3f}" for k, v in s["success_rate"].items()
     )

@@ -13,16 +13,20 @@ pixels and pooling cells as the whole-image pass. Tile outputs are blended with 
 weights that are zero within ``margin`` pixels of a tile edge that lies inside the image
 and rise with a raised cosine over the rest of the overlap, normalised to sum to 1.
 When ``overlap > 2 * radius`` (:func:`receptive_radius`; 8 px for a one-pooling toy model,
-74 px for the ``small`` preset, 290 px for ``paper``) the margin is the full radius and
+74 px for the ``small`` preset, 950 px for ``paper``) the margin is the full radius and
 the tiled result equals the whole-image result up to float rounding everywhere, including
 the image border (there is no border band: image edges are treated identically in both
 passes). ``overlap=None`` (the default) picks the smallest such overlap for the loaded
-model (:meth:`ComirModel.exact_overlap`: 160 px for ``small``). Smaller overlaps still
-blend smoothly but approximate the whole-image result near tile seams.
+model (:meth:`ComirModel.exact_overlap`: 160 px for ``small``, 1984 px for ``paper``).
+Smaller overlaps still blend smoothly but approximate the whole-image result near tile
+seams; the radius is a strict upper bound, with random ``small`` weights a 64 px overlap
+already gave 4e-6 (measured), so ``--overlap`` trades little accuracy for speed.
 
 Memory. Whole-image inference of the ``small`` preset on CPU peaks at about 1.6 GB per
 megapixel (measured, float32), so images above ``max_pixels`` (default
-:data:`MAX_PIXELS` = 4 MP) are tiled automatically with :data:`DEFAULT_TILE`. Tiles are
+:data:`MAX_PIXELS` = 4 MP) are tiled automatically with tiles of :data:`DEFAULT_TILE`
+px, or twice the exact overlap where that is larger (3968 px for ``paper``: exactness is
+expensive for that deep network; give ``--tile``/``--overlap`` to trade it for memory). Tiles are
 processed one row of tiles at a time: the input is read and the output written in bands of
 ``tile`` rows (:mod:`comir.batch` streams single-page TIFF and ``.npy`` files and writes
 float32 BigTIFF / ``.npy`` band by band), so peak memory is set by the tile size and the
@@ -219,7 +223,7 @@ class ComirModel:
         """Smallest tile overlap giving tiled == whole-image output for this model.
 
         ``2 * radius`` plus one pooling cell of blending ramp, rounded up to the pooling
-        multiple (160 px for the ``small`` preset, 592 px for ``paper``).
+        multiple (160 px for the ``small`` preset, 1984 px for ``paper``).
         """
         m = self._check_modality(modality)
         mult = int(self.model.encoders[m].multiple)
@@ -276,7 +280,7 @@ class ComirModel:
         """
         m = self._check_modality(modality)
         h, w = image.shape[:2]
-        tile = self._auto_tile(h, w, tile, max_pixels)
+        tile = self._auto_tile(h, w, tile, max_pixels, m)
         if tile is None or (tile >= h and tile >= w):
             z = self._forward(self._prepare(image, m, where), m)
             return np.ascontiguousarray(z[0, :, :h, :w].permute(1, 2, 0).numpy(), dtype=np.float32)
@@ -289,10 +293,12 @@ class ComirModel:
         self.embed_rows(lambda r0, r1: x[r0:r1], (h, w), m, sink, tile=tile, overlap=overlap)
         return out
 
-    @staticmethod
-    def _auto_tile(h: int, w: int, tile: int | None, max_pixels: int | None) -> int | None:
+    def _auto_tile(
+        self, h: int, w: int, tile: int | None, max_pixels: int | None, modality: str = "a"
+    ) -> int | None:
+        """The tile size to use: ``tile``, or an automatic one above ``max_pixels``."""
         if tile is None and max_pixels is not None and h * w > max_pixels:
-            return DEFAULT_TILE
+            return max(DEFAULT_TILE, 2 * self.exact_overlap(modality))
         return tile
 
     def embed_rows(
@@ -573,7 +579,7 @@ def embed_files(
         for k in todo:
             with open_image(paths[k]) as src:
                 h, w = src.shape[:2]
-                t = model._auto_tile(h, w, tile, max_pixels)
+                t = model._auto_tile(h, w, tile, max_pixels, m)
                 pointwise = getattr(model.data, f"norm_{m}", "none") != "percentile"
                 if t is not None and t < max(h, w) and fmt != "png" and src.streaming and pointwise:
                     _embed_streamed(model, src, m, outs[k], t, overlap, progress)

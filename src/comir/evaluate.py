@@ -72,6 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
+from comir.batch import parse_shard, shard_indices
 from comir.errors import ComirError
 from comir.io import IMAGE_SUFFIXES, read_image, write_image, write_text
 from comir.transform import apply_matrix, patch_corners
@@ -694,6 +695,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
+    shard: tuple[int, int] | str | None = None,
     **method_options,
 ) -> dict:
     """Register every pair of an evaluation set and score it by the public protocol.
@@ -719,13 +721,20 @@ def evaluate(
         Registration processes (default ``min(cpu, 4)``; 1 runs in this process). The pool
         uses the ``spawn`` start method, so a script calling this with workers > 1 needs the
         usual ``if __name__ == "__main__":`` guard.
+    shard : (I, N) or "I/N", optional
+        Register only the ``I``-th of ``N`` interleaved parts of the pairs sorted by
+        (level, Filename) (:func:`comir.batch.shard_indices`) and write them to
+        ``out/shards/shard-I-of-N.json``; a shard whose file already exists with the same
+        settings is not recomputed (resume). When all ``N`` shard files are present they
+        are merged (:func:`merge_shards`) into the outputs of an unsharded run.
     **method_options
         Passed to the back-end.
 
     Returns
     -------
     dict
-        The summary also written to ``out/summary.json``.
+        The summary also written to ``out/summary.json``; for a shard whose siblings are
+        not finished yet, ``{"shard", "n_pairs", "shard_file", "complete": False, ...}``.
     """
     t_start = time.perf_counter()
     if direction not in DIRECTIONS:
@@ -755,27 +764,187 @@ def evaluate(
             fixed_paths.append(str(lv.files[fix_mod][f"{name}_R"]))
             moving_paths.append(str(lv.files[mov_mod][f"{name}_T"]))
             infos.append(dict(row))
+    n = len(names)
+    header = {
+        "format": SHARD_FORMAT,
+        "eval_dir": str(eval_dir),
+        "method": method_name,
+        "model": _model_name(model),
+        "direction": direction,
+        "method_options": {k: _jsonable(v) for k, v in method_options.items()},
+        "n_pairs": n,
+    }
+    shard = parse_shard(shard)
+    own = shard_indices(list(zip(labels, names)), shard)
+    shard_file = _shard_path(out, shard) if shard is not None else None
+    record = _read_shard(shard_file) if shard_file is not None else None
+    if record is not None and not _same_settings(record, header):
+        record = None  # other settings: recompute
+    if record is None:
+        embed_seconds = 0.0
+        fix_sel, mov_sel = [fixed_paths[i] for i in own], [moving_paths[i] for i in own]
+        with tempfile.TemporaryDirectory(prefix=".comirs-", dir=out) as tmp:
+            if model is not None:
+                t0 = time.perf_counter()
+                items = [(p, fix_mod.lower()) for p in fix_sel] + [
+                    (p, mov_mod.lower()) for p in mov_sel
+                ]
+                info_path = Path(eval_dir) / "eval_info.json"
+                info = json.loads(info_path.read_text()) if info_path.is_file() else None
+                emb = _embed_all(patch_encoder(model, info), items, Path(tmp), progress)
+                fix_sel, mov_sel = emb[: len(own)], emb[len(own) :]
+                embed_seconds = time.perf_counter() - t0
+            tasks = [
+                (i, f, mv, method, method_options, infos[i])
+                for i, f, mv in zip(own, fix_sel, mov_sel, strict=True)
+            ]
+            results = _run_tasks(tasks, workers, progress)
+        record = {
+            **header,
+            "shard": list(shard) if shard is not None else None,
+            "keys": [[labels[i], names[i]] for i in own],
+            "results": sorted(results, key=lambda r: r[0]),
+            "embed_seconds": embed_seconds,
+            "wall_seconds": time.perf_counter() - t_start,
+        }
+        if shard_file is not None:
+            write_text(shard_file, json.dumps(record) + "\n")
+    if shard is None:
+        return _finish(out, levels, record["results"], header, embed_seconds, t_start)
+    status = shard_status(out, shard[1])
+    if status["complete"]:
+        return merge_shards(out)
+    return {
+        **header,
+        "shard": list(shard),
+        "shard_file": str(shard_file),
+        "n_shard_pairs": len(own),
+        "complete": False,
+        "missing_shards": status["missing"],
+    }
+
+
+#: ``format`` value of the per-shard result files.
+SHARD_FORMAT = "comir-evaluate-shard/1"
+_SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)\.json$")
+
+
+def _shard_path(out: Path, shard: tuple[int, int]) -> Path:
+    return Path(out) / "shards" / f"shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def _read_shard(path: Path) -> dict | None:
+    """A finished shard file, or ``None`` (absent; unreadable files count as absent)."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and d.get("format") == SHARD_FORMAT else None
+
+
+def _same_settings(a: dict, b: dict) -> bool:
+    keys = ("eval_dir", "method", "model", "direction", "method_options", "n_pairs")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def shard_status(res_dir: str | os.PathLike, n_shards: int) -> dict:
+    """Which of ``n_shards`` shard files in ``res_dir/shards`` are finished.
+
+    Returns
+    -------
+    dict
+        ``{"done": [I, ...], "missing": [I, ...], "complete": bool}``.
+    """
+    done = [i for i in range(n_shards) if _read_shard(_shard_path(Path(res_dir), (i, n_shards)))]
+    missing = sorted(set(range(n_shards)) - set(done))
+    return {"done": done, "missing": missing, "complete": not missing}
+
+
+def merge_shards(res_dir: str | os.PathLike) -> dict:
+    """Combine the shard files of ``res_dir/shards`` into ``results.csv``, ``summary.json``
+    and the success plot, exactly as an unsharded :func:`evaluate` would write them.
+
+    ``wall_seconds`` is the sum of the shards' wall times.
+
+    Raises
+    ------
+    ComirError
+        No shard files, shards of different runs or shard counts, missing shards, or an
+        evaluation set that changed since the shards were computed.
+    """
+    t_start = time.perf_counter()
+    res_dir = Path(res_dir)
+    folder = res_dir / "shards"
+    found = sorted(p for p in folder.glob("shard-*-of-*.json")) if folder.is_dir() else []
+    counts = {int(_SHARD_NAME.match(p.name).group(2)) for p in found if _SHARD_NAME.match(p.name)}
+    if not counts:
+        raise ComirError(
+            f"{res_dir}: no shards/shard-I-of-N.json files; run comir evaluate --shard I/N first"
+        )
+    if len(counts) > 1:
+        raise ComirError(
+            f"{folder}: shard files of different shard counts {sorted(counts)}; remove the "
+            "stale ones"
+        )
+    n_shards = counts.pop()
+    status = shard_status(res_dir, n_shards)
+    if not status["complete"]:
+        raise ComirError(
+            f"{res_dir}: shard(s) {', '.join(map(str, status['missing']))} of {n_shards} are "
+            "not finished; run them with --shard I/N before merging"
+        )
+    records = [_read_shard(_shard_path(res_dir, (i, n_shards))) for i in range(n_shards)]
+    head = records[0]
+    for r in records[1:]:
+        if not _same_settings(r, head):
+            raise ComirError(
+                f"{folder}: shards were run with different settings (method, model, direction, "
+                "options or evaluation set); rerun the odd ones"
+            )
+    levels = [read_level(p) for p in find_levels(head["eval_dir"])]
+    keys = [[lv.label, name] for lv in levels for name in lv.names]
+    results = sorted((tuple(x) for r in records for x in r["results"]), key=lambda x: x[0])
+    idx = [x[0] for x in results]
+    if len(keys) != head["n_pairs"] or idx != list(range(len(keys))):
+        raise ComirError(
+            f"{res_dir}: the shards do not cover the {len(keys)} pairs of {head['eval_dir']} "
+            "exactly once (the set changed?); rerun all shards"
+        )
+    for r in records:
+        own = [x[0] for x in r["results"]]
+        if [keys[i] for i in own] != r["keys"]:
+            raise ComirError(
+                f"{res_dir}: shard {r['shard']} was computed on other pairs (the evaluation set "
+                "changed); rerun it"
+            )
+    header = {k: head[k] for k in ("eval_dir", "method", "model", "direction", "method_options")}
+    header["n_pairs"] = head["n_pairs"]
+    embed = sum(float(r.get("embed_seconds", 0.0)) for r in records)
+    wall = sum(float(r.get("wall_seconds", 0.0)) for r in records)
+    return _finish(
+        res_dir, levels, results, header, embed, t_start - wall, has_model=head["model"] is not None
+    )
+
+
+def _finish(
+    out: Path,
+    levels: list[EvalLevel],
+    results: Sequence[Sequence],
+    header: dict,
+    embed_seconds: float,
+    t_start: float,
+    has_model: bool | None = None,
+) -> dict:
+    """Score registration results of every pair and write results.csv, summary.json, plot."""
+    out = Path(out)
+    labels = [lv.label for lv in levels for _ in lv.names]
+    names = [name for lv in levels for name in lv.names]
     ref = np.concatenate([lv.ref for lv in levels])
     trans = np.concatenate([lv.trans for lv in levels])
     n = len(names)
-
-    embed_seconds = 0.0
-    with tempfile.TemporaryDirectory(prefix=".comirs-", dir=out) as tmp:
-        if model is not None:
-            t0 = time.perf_counter()
-            items = [(p, fix_mod.lower()) for p in fixed_paths] + [
-                (p, mov_mod.lower()) for p in moving_paths
-            ]
-            info_path = Path(eval_dir) / "eval_info.json"
-            info = json.loads(info_path.read_text()) if info_path.is_file() else None
-            emb = _embed_all(patch_encoder(model, info), items, Path(tmp), progress)
-            fixed_paths, moving_paths = emb[:n], emb[n:]
-            embed_seconds = time.perf_counter() - t0
-        tasks = [
-            (i, fixed_paths[i], moving_paths[i], method, method_options, infos[i]) for i in range(n)
-        ]
-        results = _run_tasks(tasks, workers, progress)
-
+    has_model = header["model"] is not None if has_model is None else has_model
     matrices = np.full((n, 3, 3), np.nan)
     seconds = np.zeros(n)
     status = ["failed"] * n
@@ -814,20 +983,20 @@ def evaluate(
     finite = np.where(np.isfinite(errors), errors, np.inf)
     median = float(np.median(finite))
     summary = {
-        "method": method_name,
-        "model": _model_name(model),
-        "direction": direction,
-        "eval_dir": str(eval_dir),
+        "method": header["method"],
+        "model": header["model"],
+        "direction": header["direction"],
+        "eval_dir": header["eval_dir"],
         "width": float(widths[0]) if len(set(widths.tolist())) == 1 else widths.tolist(),
         "threshold_px": float(SUCCESS_FRACTION * widths[0]),
         "success_rate": rates,
         "median_error": median if np.isfinite(median) else None,
         "seconds_per_pair": float(seconds.mean()),
-        "embed_seconds_per_pair": embed_seconds / n if model is not None else None,
+        "embed_seconds_per_pair": embed_seconds / n if has_model else None,
         "wall_seconds": round(time.perf_counter() - t_start, 3),
         "n_pairs": n,
         "n_failed": int(sum(not np.isfinite(m).all() for m in matrices)),
-        "method_options": {k: _jsonable(v) for k, v in method_options.items()},
+        "method_options": header["method_options"],
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _plot_curves(out, labels, errors, float(widths.max()), summary)

@@ -4,7 +4,9 @@ Recipe (Pielawski, Wetzer et al., NeurIPS 2020; see ``SPEC.md`` §2 and §5): ra
 patch pairs, each modality encoded by its own FC-DenseNet, the C4 wrapper rotates every
 input by a random multiple of 90° and the output back, the loss is InfoNCE over all
 ``2N`` maps of the batch plus an activation decay on the outputs, gradients are clipped to
-norm 1.0, optimiser SGD or Adam, mixed precision on CUDA.
+norm 1.0, optimiser SGD or Adam, mixed precision on CUDA (fp16) and, opt-in, bf16 autocast
+on CPU (``precision="bf16"``; measured ~2× faster steps for the ``small`` preset on a CPU
+with AMX, see benchmarks/notes.md).
 
 A run folder ``RUN/`` receives ``config.json`` (everything needed to rebuild the model and
 its input preparation), ``metrics.csv`` (one row per step, validation loss at the end of
@@ -20,9 +22,7 @@ import io
 import json
 import math
 import os
-import sys
 import time
-import types
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +55,8 @@ METRIC_COLUMNS = (
 )
 #: Keys of :class:`TrainConfig` that may change when a run is resumed.
 RESUMABLE_CHANGES = frozenset({"steps", "epochs", "device", "workers"})
+#: Training precisions: ``auto`` = fp16 autocast on CUDA (when ``amp``), fp32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINT_NAME = "last.pt"
 VAL_BATCHES = 4
 
@@ -103,6 +105,7 @@ class TrainConfig:
     workers: int = 0
     amp: bool = True
     augment: dict = field(default_factory=dict)
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of all fields."""
@@ -180,6 +183,8 @@ class TrainConfig:
             raise bad("optimizer", f"use one of {', '.join(OPTIMIZERS)}")
         if self.device not in DEVICES:
             raise bad("device", f"use one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"use one of {', '.join(PRECISIONS)}")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -217,6 +222,24 @@ def resolve_device(name: str) -> torch.device:
             )
         return torch.device("mps")
     raise ComirError(f"invalid device {name!r}; use one of {', '.join(DEVICES)}")
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """``(autocast enabled, dtype)`` for ``config.precision`` on ``device``.
+
+    ``auto``: fp16 on CUDA when ``config.amp``, else fp32 (the CPU default: bf16 is
+    opt-in, see benchmarks/notes.md); ``fp16`` needs CUDA.
+    """
+    p = config.precision
+    if p == "auto":
+        return config.amp and device.type == "cuda", torch.float16
+    if p == "fp32":
+        return False, torch.float32
+    if p == "fp16" and device.type != "cuda":
+        raise ComirError(
+            f"precision fp16 needs a CUDA device (got {device.type}); use bf16 or fp32 on CPU"
+        )
+    return True, torch.bfloat16 if p == "bf16" else torch.float16
 
 
 def stream_seed(seed: int, step: int, purpose: int = 0) -> int:
@@ -329,6 +352,7 @@ def train_step(
     generator: torch.Generator,
     amp: bool = False,
     channels_last: bool = False,
+    amp_dtype: torch.dtype = torch.float16,
 ) -> dict[str, float]:
     """One optimisation step on a batch of aligned patches.
 
@@ -344,6 +368,9 @@ def train_step(
         unchanged under data parallelism).
     generator : torch.Generator
         Draws the C4 rotations.
+    amp, amp_dtype : bool, torch.dtype
+        Encode under ``torch.autocast`` with this dtype (fp16 needs a gradient scaler
+        that is enabled; bf16 does not).
 
     Returns
     -------
@@ -358,7 +385,7 @@ def train_step(
     if channels_last:
         xa = xa.contiguous(memory_format=torch.channels_last)
         xb = xb.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(xa.device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(xa.device.type, dtype=amp_dtype, enabled=amp):
         za, zb = encode_pair(model, xa, xb, equivariance, generator)
     # the loss in float32: exp/log of similarities over 2N maps is precision sensitive
     za, zb = za.float(), zb.float()
@@ -517,7 +544,11 @@ def _epoch_stream(pairs, config: TrainConfig, start_step: int) -> Iterator:
 def _check_resume(stored: dict, config: TrainConfig, run: Path) -> None:
     old = stored.get("train", {})
     new = config.to_dict()
-    diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    # options added after a run was made count as their defaults
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    diff = sorted(
+        k for k in new if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k)
+    )
     if diff:
         raise ComirError(
             f"{run}: cannot resume with changed option(s) {', '.join(diff)}; use the options "
@@ -585,9 +616,9 @@ def train(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    amp = config.amp and device.type == "cuda"
+    amp, amp_dtype = resolve_precision(config, device)
     optimizer = make_optimizer(config, model.parameters())
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     loss_fn = InfoNCELoss(config.critic, config.tau)
     generator = torch.Generator().manual_seed(stream_seed(config.seed, 0, purpose=1))
 
@@ -674,6 +705,7 @@ def train(
                         generator=generator,
                         amp=amp,
                         channels_last=channels_last,
+                        amp_dtype=amp_dtype,
                     )
                     step += 1
                     if not math.isfinite(stats["loss"]):
@@ -744,14 +776,3 @@ def _plot(rows: list[dict[str, float]], path: Path) -> None:
     from comir.plot import plot_loss
 
     plot_loss(rows, path)
-
-
-class _CallableModule(types.ModuleType):
-    """``comir.train`` is exported lazily as the function :func:`train`, but importing this
-    submodule rebinds ``comir.train`` to the module; calling the module runs :func:`train`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
