@@ -1,16 +1,17 @@
-"""Train the shipped sample model ``sample:sentinel2`` and store it in the package.
+"""Train a shipped sample model (``sample:sentinel2``, ``sample:ihc``) into the package.
 
-Usage: ``python scripts/train_sample_model.py`` (about 5 minutes on a 2-core CPU).
+Usage: ``python scripts/train_sample_model.py [sentinel2|ihc]`` (about 5 minutes each on a
+2-core CPU).
 
-It exports the bundled Sentinel-2 scene's left half (training) and right half
-(validation loss) and runs the recipe of :func:`comir.demo.demo_train_config`, i.e. ::
+It exports the bundled scene's left half (training) and right half (validation loss) and
+runs the recipe of :func:`comir.demo.sample_train_config`; for Sentinel-2 that is ::
 
     comir train TRAIN --layout channels --a 0:3 --b 3 --norm bits:13 --val HOLDOUT \\
         --preset small --epochs 20 --steps-per-epoch 32 --batch-size 16 --patch-size 64 \\
         --critic mse --tau 0.5 --l2 0.1 --seed 0 --out RUN
 
-then copies ``model.safetensors``, ``config.json``, ``metrics.csv`` and ``loss.png`` into
-``src/comir/samples/models/sentinel2/``.
+(for ``ihc``: ``--a 0 --b 1 --norm bits:16``), then copies ``model.safetensors``,
+``config.json``, ``metrics.csv`` and ``loss.png`` into ``src/comir/samples/models/<name>/``.
 """
 
 from __future__ import annotations
@@ -22,30 +23,31 @@ import tempfile
 from pathlib import Path
 
 from comir import samples
-from comir.demo import SAMPLE, demo_train_config
+from comir.demo import sample_train_config
 from comir.train import train
 
-DEST = Path(__file__).resolve().parents[1] / "src" / "comir" / "samples" / "models" / SAMPLE
+MODELS = Path(__file__).resolve().parents[1] / "src" / "comir" / "samples" / "models"
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    name = argv[0] if argv else "sentinel2"
+    dest = MODELS / name
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        train_dir = samples.export_sample(SAMPLE, tmp / "train", split="train")
-        hold_dir = samples.export_sample(SAMPLE, tmp / "holdout", split="holdout")
-        config = demo_train_config(train_dir, hold_dir, samples.sample(SAMPLE)["norm"])
-        run = train(config, tmp / "run")
-        DEST.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "metrics.csv", "loss.png"):
-            shutil.copyfile(run / name, DEST / name)
+        train_dir = samples.export_sample(name, tmp / "train", split="train")
+        hold_dir = samples.export_sample(name, tmp / "holdout", split="holdout")
+        run = train(sample_train_config(name, train_dir, hold_dir), tmp / "run")
+        dest.mkdir(parents=True, exist_ok=True)
+        for file in ("model.safetensors", "metrics.csv", "loss.png"):
+            shutil.copyfile(run / file, dest / file)
         cfg = json.loads((run / "config.json").read_text())
         # the temporary paths mean nothing to users: name the bundled halves instead
-        cfg["train"]["data"] = f"sample:{SAMPLE} (left half, columns 0-149)"
-        cfg["train"]["val"] = f"sample:{SAMPLE} (right half, columns 150-299)"
-        (DEST / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    print(f"sample model written to {DEST}")
+        cfg["train"]["data"] = f"sample:{name} (left half of the scene)"
+        cfg["train"]["val"] = f"sample:{name} (right half of the scene)"
+        (dest / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    print(f"sample model written to {dest}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -237,3 +237,62 @@ def test_sharded_evaluate_merges_to_unsharded_result(tmp_path: Path):
     rec["direction"] = "a2b"
     f1.write_text(json.dumps(rec))
     assert main(["evaluate", "--merge", str(res)]) == 2
+
+
+# ----------------------------------------------------------------------------- precision
+def test_train_precision_option():
+    import torch
+
+    from comir.train import TrainConfig, _check_resume, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision(TrainConfig(data="d"), cpu) == (False, torch.float16)  # auto: fp32
+    assert resolve_precision(TrainConfig(data="d", precision="bf16"), cpu) == (True, torch.bfloat16)
+    assert resolve_precision(TrainConfig(data="d", precision="fp32"), cpu)[0] is False
+    with pytest.raises(ComirError, match="CUDA"):
+        resolve_precision(TrainConfig(data="d", precision="fp16"), cpu)
+    with pytest.raises(ComirError, match="precision"):
+        TrainConfig.from_dict({"data": "d", "precision": "fp8"})
+    # a run made before the option existed resumes with the default, not with another value
+    old = TrainConfig(data="d").to_dict()
+    del old["precision"]
+    _check_resume({"train": old}, TrainConfig(data="d"), Path("run"))
+    with pytest.raises(ComirError, match="precision"):
+        _check_resume({"train": old}, TrainConfig(data="d", precision="bf16"), Path("run"))
+
+
+def test_bf16_train_step_and_inference_are_close_to_fp32(tmp_path: Path):
+    import torch
+    from test_embed import TINY1, make_run, scene
+
+    from comir.embed import load_model
+    from comir.losses.infonce import InfoNCELoss
+    from comir.model import CoMIRModel, tiramisu_config
+    from comir.train import train_step
+
+    losses = {}
+    for dt in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = CoMIRModel(
+            tiramisu_config("small", 1, 1, **TINY1), tiramisu_config("small", 1, 1, **TINY1)
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(4, 1, 32, 32, generator=g)
+        stats = train_step(
+            model, (x, x.flip(-1)), InfoNCELoss("mse", 0.5), opt,
+            torch.amp.GradScaler("cpu", enabled=False), l1=0.0, l2=0.0, grad_clip=1.0,
+            equivariance=False, generator=g, amp=dt != torch.float32, amp_dtype=dt,
+        )  # fmt: skip
+        losses[dt] = stats["loss"]
+    assert losses[torch.bfloat16] != losses[torch.float32]  # autocast really applied
+    assert losses[torch.bfloat16] == pytest.approx(losses[torch.float32], rel=0.05)
+
+    make_run(tmp_path / "run", TINY1)
+    img = scene(40, 48)
+    z32 = load_model(tmp_path / "run", device="cpu").embed(img, "a")
+    z16 = load_model(tmp_path / "run", device="cpu", precision="bf16").embed(img, "a")
+    err = np.abs(z16 - z32).max() / z32.std()
+    assert 0 < err < 0.1
+    with pytest.raises(ComirError, match="precision"):
+        load_model(tmp_path / "run", precision="int8")

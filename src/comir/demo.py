@@ -24,21 +24,23 @@ EVAL_WIDTH = 96
 METHODS = ("fft", "sift", "mi")
 
 
-def demo_train_config(train_dir: Path, val_dir: Path, norm: str, quick: bool = False):
-    """The recipe of the shipped sample model (``scripts/train_sample_model.py``).
+def sample_train_config(name: str, train_dir: Path, val_dir: Path, quick: bool = False):
+    """The recipe of the shipped sample models (``scripts/train_sample_model.py``).
 
-    Left half of the scene for training, right half for the validation loss; small preset,
-    64² patches, MSE critic with τ = 0.5 and an L2 activation decay of 0.1 (SPEC §5: a weak
-    decay lets the representation scale grow until the loss collapses).
+    Left half of a bundled scene for training, right half for the validation loss; small
+    preset, 64² patches, MSE critic with τ = 0.5 and an L2 activation decay of 0.1 (SPEC §5:
+    a weak decay lets the representation scale grow until the loss collapses).
     """
+    from comir import samples
     from comir.train import TrainConfig
 
+    info = samples.sample(name)
     return TrainConfig(
         data=str(train_dir),
-        layout="channels",
-        a="0:3",
-        b="3",
-        norm=norm,
+        layout=info["layout"],
+        a=info["a_spec"],
+        b=info["b_spec"],
+        norm=info["norm"],
         val=str(val_dir),
         preset="small",
         epochs=3 if quick else 20,
@@ -89,7 +91,7 @@ def run_demo(
         from comir.train import train as train_model
 
         run_dir = train_model(
-            demo_train_config(train_dir, hold_dir, info["norm"], quick),
+            sample_train_config(SAMPLE, train_dir, hold_dir, quick),
             out / "model",
             progress=progress,
         )
@@ -122,7 +124,7 @@ def run_demo(
     table = compare(res_dirs, out=out)
     print(table)
 
-    figures = _figures(model, info, hold_dir, eval_dir, out, model_ref)
+    figures = _figures(model, hold_dir, eval_dir, out, model_ref, angle_step=30 if quick else 5)
     summary = {
         "seconds": round(time.perf_counter() - t0, 1),
         "model": str(model_ref),
@@ -136,7 +138,7 @@ def run_demo(
     return summary
 
 
-def _figures(model, info: dict, hold_dir: Path, eval_dir: Path, out: Path, model_ref) -> dict:
+def _figures(model, hold_dir: Path, eval_dir: Path, out: Path, model_ref, angle_step: int) -> dict:
     """Pictures for the report: CoMIRs, an example registration, loss and equivariance curves."""
     from comir import plot
     from comir.equivariance import equivariance_correlation
@@ -151,7 +153,7 @@ def _figures(model, info: dict, hold_dir: Path, eval_dir: Path, out: Path, model
     figs["comirs"] = plot.plot_modalities_and_comirs(
         prep_a, prep_b, za, zb, out / "figures" / "comirs.png"
     )
-    angles = np.arange(0, 361, 5, dtype=float)
+    angles = np.arange(0, 361, angle_step, dtype=float)
     corr_a = equivariance_correlation(lambda x: model.embed(x, "a"), raw, angles)
     corr_b = equivariance_correlation(lambda x: model.embed(x, "b"), raw, angles)
     figs["equivariance"] = plot.plot_equivariance(
