@@ -23,6 +23,20 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 
 # ---------------------------------------------------------------------------- evaluation
+def _threshold_axes(ax, thresholds, width: float, ylabel: str) -> None:
+    """Success-vs-threshold axes: px below, % of the patch width on top, the 2 % line."""
+    ax.axvline(0.02 * width, color="grey", ls="--", lw=1)
+    ax.set_xlim(thresholds[0], thresholds[-1])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("error threshold (px)")
+    ax.set_ylabel(ylabel)
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda x: 100 * x / width, lambda p: p * width / 100)
+    )
+    top.set_xlabel("error threshold (% of patch width)")
+    ax.grid(alpha=0.3)
+
+
 def plot_success_curves(
     thresholds_px, curves: dict, width: float, path: str | os.PathLike, title: str = ""
 ) -> Path:
@@ -45,17 +59,8 @@ def plot_success_curves(
     for i, (label, rate) in enumerate(curves.items()):
         style = dict(color="k", lw=2.2) if label == "all" else dict(color=f"C{i}", lw=1.4)
         ax.plot(t, np.asarray(rate, dtype=float), label=label, **style)
-    ax.axvline(0.02 * width, color="grey", ls="--", lw=1)
     ax.text(0.02 * width, 0.02, " 2 % of w", color="grey", va="bottom")
-    ax.set_xlim(t[0], t[-1])
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("error threshold (px)")
-    ax.set_ylabel("success rate")
-    top = ax.secondary_xaxis(
-        "top", functions=(lambda x: 100 * x / width, lambda p: p * width / 100)
-    )
-    top.set_xlabel("error threshold (% of patch width)")
-    ax.grid(alpha=0.3)
+    _threshold_axes(ax, t, width, "success rate")
     ax.legend(loc="lower right")
     if title:
         ax.set_title(title, fontsize=10)
@@ -104,16 +109,7 @@ def plot_compare(
     t = np.asarray(thresholds_px, dtype=float)
     for i, (name, c) in enumerate(zip(runs, curves)):
         ax2.plot(t, np.asarray(c, dtype=float), label=name, color=f"C{i % 10}")
-    ax2.axvline(0.02 * width, color="grey", ls="--", lw=1)
-    ax2.set_xlim(t[0], t[-1])
-    ax2.set_ylim(0, 1.02)
-    ax2.set_xlabel("error threshold (px)")
-    ax2.set_ylabel("success rate (all levels)")
-    top = ax2.secondary_xaxis(
-        "top", functions=(lambda v: 100 * v / width, lambda p: p * width / 100)
-    )
-    top.set_xlabel("% of patch width")
-    ax2.grid(alpha=0.3)
+    _threshold_axes(ax2, t, width, "success rate (all levels)")
     ax2.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
 
