@@ -460,17 +460,25 @@ def _synth_command(args: argparse.Namespace) -> int:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument(
+        "--sample",
+        default="sentinel2",
+        choices=("sentinel2", "ihc"),
+        help="bundled sample: Sentinel-2 RGB/NIR (default) or IHC haematoxylin/DAB",
+    )
+    p.add_argument(
         "--train", action="store_true", help="train a model instead of using the shipped one"
     )
     p.add_argument("--quick", action="store_true", help="smaller evaluation set, for a smoke test")
     p.add_argument("--workers", type=int, default=None, help="registration processes")
 
 
-@command("demo", "End-to-end demo on the bundled Sentinel-2 RGB/NIR sample.", _demo_args)
+@command(
+    "demo", "End-to-end demo on bundled sample data (Sentinel-2 RGB/NIR by default).", _demo_args
+)
 def _run_demo(args: argparse.Namespace) -> int:
     from comir.demo import run_demo
 
-    run_demo(args.out, train=args.train, quick=args.quick, workers=args.workers)
+    run_demo(args.out, sample=args.sample, train=args.train, quick=args.quick, workers=args.workers)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""End-to-end demonstration on the bundled Sentinel-2 RGB/NIR sample.
+"""End-to-end demonstration on a bundled sample (Sentinel-2 RGB/NIR or IHC H/DAB).
 
 :func:`run_demo` loads (or trains) a model on the left half of the scene, builds a public-
 protocol evaluation set (levels 1–4) from the right half, which training never saw,
@@ -18,9 +18,12 @@ import numpy as np
 
 from comir.errors import ComirError
 
-SAMPLE = "sentinel2"
-#: Patch width of the demo's evaluation set: the held-out half is 300×150 px.
-EVAL_WIDTH = 96
+#: Per bundled sample: names of modality A and B, and the evaluation patch width (the
+#: held-out half is 300×150 px for Sentinel-2, 512×256 px for IHC).
+DEMOS = {
+    "sentinel2": ("RGB", "NIR", 96),
+    "ihc": ("haematoxylin", "DAB", 128),
+}
 METHODS = ("fft", "sift", "mi")
 
 
@@ -56,6 +59,7 @@ def sample_train_config(name: str, train_dir: Path, val_dir: Path, quick: bool =
 
 def run_demo(
     out: str | Path = "demo-out",
+    sample: str = "sentinel2",
     train: bool = False,
     quick: bool = False,
     workers: int | None = None,
@@ -67,6 +71,8 @@ def run_demo(
     ----------
     out : path
         Output folder; ``report.html`` lands there.
+    sample : {"sentinel2", "ihc"}
+        Bundled sample and its shipped model ``sample:<name>``.
     train : bool
         Train a model on the training half instead of loading the shipped one.
     quick : bool
@@ -78,26 +84,29 @@ def run_demo(
     from comir.embed import load_model
     from comir.evaluate import compare, evaluate, make_eval
 
+    if sample not in DEMOS:
+        raise ComirError(f"unknown demo sample {sample!r}; choose one of {', '.join(DEMOS)}")
+    name_a, name_b, width = DEMOS[sample]
     t0 = time.perf_counter()
     out = Path(out)
     work = out / "work"
     if work.exists():
         shutil.rmtree(work)
-    train_dir = samples.export_sample(SAMPLE, work / "train", split="train")
-    hold_dir = samples.export_sample(SAMPLE, work / "holdout", split="holdout")
-    info = samples.sample(SAMPLE)
+    train_dir = samples.export_sample(sample, work / "train", split="train")
+    hold_dir = samples.export_sample(sample, work / "holdout", split="holdout")
+    info = samples.sample(sample)
 
     if train:
         from comir.train import train as train_model
 
         run_dir = train_model(
-            sample_train_config(SAMPLE, train_dir, hold_dir, quick),
+            sample_train_config(sample, train_dir, hold_dir, quick),
             out / "model",
             progress=progress,
         )
         model_ref: str | Path = run_dir
     else:
-        model_ref = f"sample:{SAMPLE}"
+        model_ref = f"sample:{sample}"
     model = load_model(model_ref)
 
     eval_dir = make_eval(
@@ -106,7 +115,7 @@ def run_demo(
         a=info["a_spec"],
         b=info["b_spec"],
         out=work / "eval",
-        width=EVAL_WIDTH,
+        width=width,
         levels=(1, 2, 3, 4),
         per_image=3 if quick else 12,
         seed=0,
@@ -124,11 +133,16 @@ def run_demo(
     table = compare(res_dirs, out=out)
     print(table)
 
-    figures = _figures(model, hold_dir, eval_dir, out, model_ref, angle_step=30 if quick else 5)
+    names = (name_a, name_b)
+    figures = _figures(
+        model, names, hold_dir, eval_dir, out, model_ref, angle_step=30 if quick else 5
+    )
     summary = {
         "seconds": round(time.perf_counter() - t0, 1),
+        "sample": sample,
+        "modalities": list(names),
         "model": str(model_ref),
-        "eval_width": EVAL_WIDTH,
+        "eval_width": width,
         "runs": {p.name: json.loads((p / "summary.json").read_text()) for p in res_dirs},
         "figures": {k: str(v.relative_to(out)) for k, v in figures.items()},
     }
@@ -138,7 +152,15 @@ def run_demo(
     return summary
 
 
-def _figures(model, hold_dir: Path, eval_dir: Path, out: Path, model_ref, angle_step: int) -> dict:
+def _figures(
+    model,
+    names: tuple[str, str],
+    hold_dir: Path,
+    eval_dir: Path,
+    out: Path,
+    model_ref,
+    angle_step: int,
+) -> dict:
     """Pictures for the report: CoMIRs, an example registration, loss and equivariance curves."""
     from comir import plot
     from comir.equivariance import equivariance_correlation
@@ -158,14 +180,16 @@ def _figures(model, hold_dir: Path, eval_dir: Path, out: Path, model_ref, angle_
     corr_b = equivariance_correlation(lambda x: model.embed(x, "b"), raw, angles)
     figs["equivariance"] = plot.plot_equivariance(
         angles,
-        {"modality A (RGB)": corr_a, "modality B (NIR)": corr_b},
+        {f"modality A ({names[0]})": corr_a, f"modality B ({names[1]})": corr_b},
         out / "figures" / "equivariance.png",
     )
     loss_png = _loss_png(model_ref)
     if loss_png is not None:
         figs["loss"] = out / "figures" / "loss.png"
         shutil.copyfile(loss_png, figs["loss"])
-    figs["example"] = _example_registrations(model, eval_dir, out / "figures" / "examples.png")
+    figs["example"] = _example_registrations(
+        model, names, eval_dir, out / "figures" / "examples.png"
+    )
     for key in ("compare",):
         p = out / f"{key}.png"
         if p.exists():
@@ -173,7 +197,7 @@ def _figures(model, hold_dir: Path, eval_dir: Path, out: Path, model_ref, angle_
     return figs
 
 
-def _example_registrations(model, eval_dir: Path, path: Path) -> Path:
+def _example_registrations(model, names: tuple[str, str], eval_dir: Path, path: Path) -> Path:
     """Re-register one pair per level with raw MI and with CoMIR + fft, and draw them."""
     from comir import plot
     from comir.evaluate import find_levels, patch_encoder, read_level, read_patch
@@ -194,8 +218,8 @@ def _example_registrations(model, eval_dir: Path, path: Path) -> Path:
                 {
                     "title": f"level {level.label}, pair {name}",
                     "panels": [
-                        ("fixed (RGB)", fixed),
-                        ("moving (NIR)", moving),
+                        (f"fixed ({names[0]})", fixed),
+                        (f"moving ({names[1]})", moving),
                         ("CoMIR of fixed", zf),
                         ("CoMIR of moving", zm),
                     ],
@@ -213,7 +237,8 @@ def _example_registrations(model, eval_dir: Path, path: Path) -> Path:
 def _loss_png(model_ref) -> Path | None:
     from comir import samples
 
-    run = samples.model_dir(SAMPLE) if str(model_ref).startswith("sample:") else Path(model_ref)
+    ref = str(model_ref)
+    run = samples.model_dir(ref[len("sample:") :]) if ref.startswith("sample:") else Path(ref)
     p = run / "loss.png"
     return p if p.exists() else None
 
@@ -222,10 +247,12 @@ def _write_report(out: Path, table: str, summary: dict) -> None:
     from comir.io import write_text
 
     figs = summary["figures"]
+    name_a, name_b = summary["modalities"]
     captions = {
         "compare": "Success rate per level (left) and success rate vs threshold (right).",
-        "example": "Example registrations from the evaluation set: fixed RGB, moving NIR, "
-        "colour overlays before and after registration.",
+        "example": f"Example registrations, one per level: fixed {name_a}, moving {name_b}, "
+        "their CoMIRs, and overlays of the CoMIRs before registration and after raw mutual "
+        "information and CoMIR + fft registration.",
         "comirs": "The held-out half of the scene: both modalities and their CoMIRs.",
         "equivariance": "Rotation equivariance: Pearson correlation of f(rotate(x)) with "
         "rotate(f(x)) for rotation angles over the full circle.",
@@ -238,7 +265,9 @@ def _write_report(out: Path, table: str, summary: dict) -> None:
         "text-align:right}img{max-width:100%}figcaption{color:#444}</style></head><body>",
         "<h1>comir demo</h1>",
         f"<p>Model: <code>{html.escape(summary['model'])}</code>; evaluation patches "
-        f"{summary['eval_width']} px wide from the held-out half of the Sentinel-2 scene; "
+        f"{summary['eval_width']} px wide from the held-out half of the bundled "
+        f"<code>{html.escape(summary['sample'])}</code> scene (A = {html.escape(name_a)}, "
+        f"B = {html.escape(name_b)}; moving B registered onto fixed A); "
         f"success = corner error ≤ 2 % of the width. Total time {summary['seconds']:.0f} s.</p>",
         "<h2>Success rates</h2>",
         _markdown_table_to_html(table),
