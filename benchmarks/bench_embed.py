@@ -38,7 +38,7 @@ import torch
 WHOLE = 2048
 TILED = 2048
 TILE = 1024
-SMALL = 384
+SMALL = 256
 
 
 def make_model(precision: str = "fp32"):

@@ -167,13 +167,17 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max-pixels", type=float, default=4 * 2**20, metavar="P",
-        help="tile images with more pixels than this automatically (4194304 = 2048²; "
-        "whole-image inference of the small preset needs ~1.6 GB per megapixel)",
+        help="tile images with more pixels than this automatically; 0: never (4194304 = "
+        "2048²; whole-image inference of the small preset needs ~1.6 GB per megapixel)",
     )  # fmt: skip
     p.add_argument("--shard", metavar="I/N", help="embed only part I (0-based) of N of the inputs")
     p.add_argument(
         "--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
         help="inference precision (fp32; bf16 is ~2.5x faster on CPUs with AMX/AVX512-BF16)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the encoder (slow start, faster for many equal tiles/patches)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
@@ -188,6 +192,7 @@ def _embed_command(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model = load_model(args.run, device=args.device, precision=args.precision)
+    model.compile = args.compile
     outs = embed_files(
         model,
         args.inputs,

@@ -39,7 +39,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +203,10 @@ class ComirModel:
     #: Inference precision: ``fp32`` (default), ``bf16`` (autocast; fast on CPUs with
     #: AMX/AVX512-BF16, see benchmarks/notes.md) or ``fp16`` (autocast, CUDA).
     precision: str = "fp32"
+    #: Run the encoders through ``torch.compile`` (compiled once per input shape: pays off
+    #: for many equal tiles or patches; measured in benchmarks/notes.md).
+    compile: bool = False
+    _compiled: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def latent_channels(self) -> int:
@@ -239,8 +243,13 @@ class ComirModel:
         """``(B, C, H, W)`` on CPU -> ``(B, L, H, W)`` float32 on CPU."""
         self.model.eval()
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        net = self.model.encoders[modality]
+        if self.compile:
+            if modality not in self._compiled:
+                self._compiled[modality] = torch.compile(net, dynamic=False)
+            net = self._compiled[modality]
         with torch.autocast(self.device.type, dtype=dt or torch.float32, enabled=dt is not None):
-            z = self.model(x.to(self.device), modality)
+            z = net(x.to(self.device))
         return z.float().cpu()
 
     def embed(
