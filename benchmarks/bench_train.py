@@ -99,17 +99,20 @@ def quality(epochs: int) -> None:
     from pathlib import Path
 
     from comir import samples
-    from comir.demo import SAMPLE, demo_train_config
-    from comir.train import read_metrics, train
+    from comir.train import TrainConfig, read_metrics, train
 
     with tempfile.TemporaryDirectory() as tmp:
-        train_dir = samples.export_sample(SAMPLE, Path(tmp) / "train", split="train")
-        val_dir = samples.export_sample(SAMPLE, Path(tmp) / "holdout", split="holdout")
-        norm = samples.sample(SAMPLE)["norm"]
+        # the shipped sentinel2 sample model's recipe: left half trains, right half validates
+        train_dir = samples.export_sample("sentinel2", Path(tmp) / "train", split="train")
+        val_dir = samples.export_sample("sentinel2", Path(tmp) / "holdout", split="holdout")
         out = {}
         for precision in ("fp32", "bf16"):
-            cfg = demo_train_config(train_dir, val_dir, norm)
-            cfg.epochs, cfg.precision = epochs, precision
+            cfg = TrainConfig(
+                data=str(train_dir), layout="channels", a="0:3", b="3",
+                norm=samples.sample("sentinel2")["norm"], val=str(val_dir), preset="small",
+                epochs=epochs, steps_per_epoch=32, batch_size=16, patch_size=64,
+                critic="mse", tau=0.5, l2=0.1, seed=0, device="cpu", precision=precision,
+            )  # fmt: skip
             t0 = time.perf_counter()
             run = train(cfg, Path(tmp) / precision, progress=False)
             sec = time.perf_counter() - t0

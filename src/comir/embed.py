@@ -26,11 +26,12 @@ Memory. Whole-image inference of the ``small`` preset on CPU peaks at about 1.6 
 megapixel (measured, float32), so images above ``max_pixels`` (default
 :data:`MAX_PIXELS` = 4 MP) are tiled automatically with tiles of :data:`DEFAULT_TILE`
 px, or twice the exact overlap where that is larger (3968 px for ``paper``: exactness is
-expensive for that deep network; give ``--tile``/``--overlap`` to trade it for memory). Tiles are
-processed one row of tiles at a time: the input is read and the output written in bands of
-``tile`` rows (:mod:`comir.batch` streams single-page TIFF and ``.npy`` files and writes
-float32 BigTIFF / ``.npy`` band by band), so peak memory is set by the tile size and the
-image width, not the image size.
+expensive for that deep network; give ``--tile``/``--overlap`` to trade it for memory).
+Tiles are processed one row of tiles at a time: the input is read and the output written
+in bands of ``tile`` rows (:mod:`comir.batch` streams single-page TIFF and ``.npy`` files
+and writes float32 BigTIFF / ``.npy`` band by band), so peak memory is set by the tile
+size and the image width, not the image size (16384² with 1024 px tiles: 1.4 GB peak
+RSS, see benchmarks/notes.md).
 """
 
 from __future__ import annotations
