@@ -69,11 +69,15 @@ def shard_indices(keys: Sequence[Hashable], shard: tuple[int, int] | None) -> li
 
 # ---------------------------------------------------------------------------- progress
 def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it"):
-    """A tqdm bar, or a no-op object with the same ``update``/``close`` when disabled."""
+    """A tqdm bar, or a no-op object with the same ``update``/``close`` when disabled.
+
+    The bar appears only once the work has taken a second, so quick jobs (and their
+    one-line error messages) stay uncluttered.
+    """
     if enabled:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, delay=1.0)
     return _NoBar()
 
 
