@@ -22,15 +22,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "CRITICS",
-    "InfoNCELoss",
-    "activation_decay",
-    "gather_distributed",
-    "info_nce",
-    "info_nce_stats",
-    "similarity_matrix",
-]
 
 CRITICS = ("mse", "cosine", "l1", "euclidean")
 
