@@ -22,7 +22,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 CRITICS = ("mse", "cosine", "l1", "euclidean")
 
 #: Elements of the ``(rows, M, L, P)`` pairwise-difference chunk of the l1/euclidean critics
