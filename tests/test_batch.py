@@ -19,6 +19,7 @@ from comir.batch import (
 from comir.cli import main
 from comir.errors import ComirError
 from comir.io import read_image, write_image
+from comir.transform import RigidTransform
 
 
 # ----------------------------------------------------------------------------- shards
@@ -188,7 +189,8 @@ def noisy_oracle(fixed, moving, info, **_):
     if name.endswith("2"):
         return failed("noisy_oracle", "on purpose")
     res = oracle(fixed, moving, info)
-    res.transform.matrix[:2, 2] += (sum(map(ord, name)) % 7) * 0.3
+    shift = RigidTransform.from_params(0.0, ((sum(map(ord, name)) % 7) * 0.3,) * 2)
+    res.transform = shift @ res.transform
     res.seconds = 0.0
     return res
 

@@ -143,8 +143,8 @@ def test_register_with_model_uses_own_encoders_and_warps_original(tmp_path: Path
             "--model", str(tmp_path / "run"), "--fixed-modality", "a"]  # fmt: skip
     assert main(argv) == 0
     with torch.no_grad():  # bits:8 normalisation of the run, then each modality's own encoder
-        za = model(torch.from_numpy(rgb / 256.0).float().permute(2, 0, 1)[None], "a")
-        zb = model(torch.from_numpy(nir / 256.0).float()[None, None], "b")
+        za = model(torch.from_numpy(rgb / 255.0).float().permute(2, 0, 1)[None], "a")
+        zb = model(torch.from_numpy(nir / 255.0).float()[None, None], "b")
     np.testing.assert_allclose(seen["fixed"], za[0].permute(1, 2, 0).numpy(), atol=1e-5)
     np.testing.assert_allclose(seen["moving"], zb[0].permute(1, 2, 0).numpy(), atol=1e-5)
     warped = read_image(out / "nir_registered.tif")

@@ -87,10 +87,10 @@ def test_folders_layout_png_and_12bit_tiff(tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
         ps = data.load_pairs(tmp_path, "folders", min_size=16)
     assert ps.spec.norm_a == "bits:8"
-    assert ps.spec.norm_b == "bits:12"  # 12-bit data in uint16 files: / 4096, not / 65536
+    assert ps.spec.norm_b == "bits:12"  # 12-bit data in uint16 files: / 4095, not / 65535
     assert (ps.spec.in_channels_a, ps.spec.in_channels_b) == (3, 1)
-    np.testing.assert_allclose(ps.images_a[1], a_imgs["s2"] / 256.0, rtol=1e-6)
-    np.testing.assert_allclose(ps.images_b[0][..., 0], b_imgs["s1"] / 4096.0, rtol=1e-6)
+    np.testing.assert_allclose(ps.images_a[1], a_imgs["s2"] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(ps.images_b[0][..., 0], b_imgs["s1"] / 4095.0, rtol=1e-6)
     assert ps.images_b[0].dtype == np.float32 and ps.images_b[0].shape == (24, 30, 1)
 
 
@@ -129,8 +129,8 @@ def test_channels_layout_planar_tiff(tmp_path: Path) -> None:
     assert spec.channels_a == [0, 1, 2] and spec.channels_b == [3]
     assert (spec.file_channels_a, spec.in_channels_a, spec.in_channels_b) == (4, 3, 1)
     assert spec.norm_a == spec.norm_b == "bits:12"
-    np.testing.assert_allclose(ps.images_a[1], np.moveaxis(scenes[1][:3], 0, -1) / 4096, rtol=1e-6)
-    np.testing.assert_allclose(ps.images_b[0][..., 0], scenes[0][3] / 4096, rtol=1e-6)
+    np.testing.assert_allclose(ps.images_a[1], np.moveaxis(scenes[1][:3], 0, -1) / 4095, rtol=1e-6)
+    np.testing.assert_allclose(ps.images_b[0][..., 0], scenes[0][3] / 4095, rtol=1e-6)
     ps2 = data.load_pairs(tmp_path, "channels", a="0,2", b="1:")
     assert ps2.spec.channels_a == [0, 2] and ps2.spec.channels_b == [1, 2, 3]
 
@@ -146,7 +146,7 @@ def test_validation_set_reuses_spec(tmp_path: Path) -> None:
     assert data.load_pairs(tmp_path / "va", "folders").spec.norm_a == "bits:8"
     val = data.load_pairs(tmp_path / "va", "folders", spec=train.spec)
     assert val.spec == train.spec
-    np.testing.assert_allclose(val.images_a[0][..., 0], val_a / 4096.0, rtol=1e-6)
+    np.testing.assert_allclose(val.images_a[0][..., 0], val_a / 4095.0, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -250,9 +250,9 @@ def test_dataspec_prepare_and_roundtrip() -> None:
     raw = rng.integers(0, 4096, (6, 7, 4), dtype=np.uint16)
     out = spec.prepare(raw, "a", "scene.tif")
     assert out.dtype == np.float32 and out.shape == (6, 7, 2)
-    np.testing.assert_allclose(out, raw[..., [0, 2]] / 4096.0, rtol=1e-6)
+    np.testing.assert_allclose(out, raw[..., [0, 2]] / 4095.0, rtol=1e-6)
     out_b = spec.prepare(raw, "B")
-    np.testing.assert_allclose(out_b[..., 0], np.log1p(raw[..., 3] / 4096.0), rtol=1e-6)
+    np.testing.assert_allclose(out_b[..., 0], np.log1p(raw[..., 3] / 4095.0), rtol=1e-6)
     # An image that already has the network's channel count is used as is.
     np.testing.assert_allclose(spec.prepare(raw[..., 3], "b"), out_b, rtol=1e-6)
     with pytest.raises(ComirError, match=r"rgb\.png.*3 channel.*expects 2"):

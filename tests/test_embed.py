@@ -65,9 +65,9 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def naive_embed(model: CoMIRModel, img: np.ndarray, modality: str) -> np.ndarray:
-    """Independent reference: select channels by hand, /256, one forward in eval mode."""
+    """Independent reference: select channels by hand, /255, one forward in eval mode."""
     x = img[..., :3] if modality == "a" else img[..., 3:]
-    t = torch.from_numpy(x.astype(np.float32) / 256.0).permute(2, 0, 1)[None]
+    t = torch.from_numpy(x.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
     with torch.no_grad():
         return model(t, modality)[0].permute(1, 2, 0).numpy()
 

@@ -309,13 +309,13 @@ def test_zurich_eval_set_holds_test_fold_only_with_training_scaling(env, zurich)
     for level in (1, 4):
         rows = read_csv(ev / f"patch_tlevel{level}" / "info_test.csv")
         assert {r["Source"] for r in rows} == {f"zh{n}" for n in test_ids}
-    # the reference patch of B is channel 3 (NIR) of the scene / 4096, stored as 16-bit
+    # the reference patch of B is channel 3 (NIR) of the scene / 4095, stored as 16-bit
     row = next(r for r in read_csv(ev / "patch_tlevel1" / "info_test.csv") if r["Source"] == "zh7")
     x0, y0 = int(row["X0"]), int(row["Y0"])
     scene = tifffile.imread(Path(env["ZURICH"]) / "images_tif" / "zh7.tif")
     for m, chans in (("B", [3]), ("A", [0, 1, 2])):
         patch = read_image(ev / "patch_tlevel1" / m / "test" / f"{row['Filename']}_R.png")
-        expect = scene[y0 : y0 + 32, x0 : x0 + 32][..., chans].squeeze() / 4096.0
+        expect = scene[y0 : y0 + 32, x0 : x0 + 32][..., chans].squeeze() / 4095.0
         np.testing.assert_allclose(patch / 65535.0, expect, atol=1.0 / 65535)
 
 
@@ -383,7 +383,7 @@ def test_bfshg_eval_set_is_log_scaled_centre_crops(env, bfshg):
     core = rows[0]["Source"]
     shg = tifffile.imread(Path(env["BFSHG"]) / "TestSet" / f"{core}_SHG.tif")
     patch = read_image(ev / "patch_tlevel4" / "A" / "test" / f"{rows[0]['Filename']}_R.png")
-    expect = np.log1p(shg[32:96, 32:96] / 256.0)  # uint8 SHG: bits:8, then log(1 + x)
+    expect = np.log1p(shg[32:96, 32:96] / 255.0)  # uint8 SHG: bits:8, then log(1 + x)
     np.testing.assert_allclose(patch / 65535.0, expect, atol=1.0 / 65535)
 
 

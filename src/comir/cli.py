@@ -504,11 +504,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> Callable:
+    """A ``warnings.showwarning`` that prints ``comir <command>: warning: <message>``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())  # one line, whatever the source wrote
+        print(f"comir {command}: warning: {text}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _one_line_warnings(args.command)
+            return int(args._run(args) or 0)
     except ComirError as exc:
         print(f"comir {args.command}: error: {exc}", file=sys.stderr)
         return ComirError.exit_code

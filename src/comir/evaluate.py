@@ -75,7 +75,8 @@ import numpy as np
 from comir.batch import parse_shard, shard_indices
 from comir.errors import ComirError
 from comir.io import IMAGE_SUFFIXES, read_image, write_image, write_text
-from comir.transform import apply_matrix, patch_corners
+from comir.transform import patch_corners
+from comir.transform.functional import apply_matrices as apply_matrix
 
 #: Rotation step per level in degrees (level k: ±[5(k−1), 5k)).
 ROT_STEP_DEG = 5.0

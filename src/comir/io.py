@@ -20,7 +20,7 @@ from comir.errors import ComirError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 #: Normalisation specs understood by :func:`normalize`.
-NORM_CHOICES = ("auto", "none", "percentile", "bits:N")
+NORM_CHOICES = ("auto", "dtype", "none", "percentile", "bits:N")
 
 
 @contextlib.contextmanager
@@ -222,6 +222,63 @@ def select_channels(image: np.ndarray, channels: Sequence[int] | None) -> np.nda
     return image[..., list(channels)]
 
 
+# ----------------------------------------------------------------------------- intensities
+def unit_max(bits: int) -> int:
+    """The largest value of ``bits``-bit data, ``2**bits - 1``.
+
+    **The one convention for N-bit data in comir:** a stored value ``v`` means the float
+    ``v / (2**N - 1)``, so 0 → 0 and the largest N-bit value → 1 exactly, and storing a
+    float ``x`` in [0, 1] writes ``round(x · (2**N - 1))`` (:func:`from_unit_float`). It
+    holds for training (``bits:N``), evaluation sets (``make-eval``), their reading
+    (:func:`to_unit_float`) and embedding; an 8-bit source round-trips exactly.
+    """
+    return 2 ** int(bits) - 1
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """Integer images → float32 over [0, 1] by their dtype's bits (``v / (2**N - 1)``,
+    :func:`unit_max`); float images are returned as float32 unchanged."""
+    if image.dtype.kind in "ui":
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    return image.astype(np.float32, copy=False)
+
+
+def from_unit_float(image: np.ndarray, bits: int) -> np.ndarray:
+    """Float ``(H, W[, C])`` over [0, 1] → uint8 (``bits=8``) or uint16 (``bits=16``),
+    ``round(clip(x, 0, 1) · (2**bits - 1))``: the inverse of :func:`to_unit_float`."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
+    top = unit_max(bits)
+    out = np.rint(np.clip(image, 0.0, 1.0) * top)
+    return out.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def percentile_scale(
+    image: np.ndarray, low: float = 0.5, high: float = 99.5, per_channel: bool = True
+) -> np.ndarray:
+    """Map the ``low``/``high`` percentiles to 0/1 (not clipped), float32.
+
+    ``(H, W)`` or ``(H, W, C)``; with ``per_channel`` each channel gets its own
+    percentiles. A constant image (or channel) maps to 0.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    axes = (0, 1) if per_channel and x.ndim == 3 else None
+    lo, hi = np.percentile(x, [low, high], axis=axes, keepdims=axes is not None)
+    span = hi - lo
+    return ((x - lo) / np.where(span > 0, span, np.inf)).astype(np.float32, copy=False)
+
+
+def standardize(image: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Zero mean, unit standard deviation over ``axis`` (all elements by default), float32.
+
+    Constant inputs come back as zeros.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    mean = x.mean(axis=axis, keepdims=True)
+    std = x.std(axis=axis, keepdims=True)
+    return ((x - mean) / np.where(std > 0, std, 1.0)).astype(np.float32, copy=False)
+
+
 def infer_bits(max_value: float) -> int:
     """Smallest common integer bit depth (8, 10, 12, 14, 16, 32) holding ``max_value``."""
     for bits in (8, 10, 12, 14, 16, 32):
@@ -231,51 +288,63 @@ def infer_bits(max_value: float) -> int:
 
 
 def resolve_norm(norm: str, images: Sequence[np.ndarray]) -> str:
-    """Turn ``"auto"`` into a concrete normalisation for a set of images.
+    """Turn the set-level words into a concrete normalisation for a set of images.
 
-    Integer images get ``bits:N`` from the largest value found in ``images`` (so 12-bit
-    data in uint16 files is scaled by 4096, not 65536); float images get ``none``.
-    Concrete specs are validated and returned unchanged.
+    ``auto``: integer images get ``bits:N`` from the largest value found in ``images``
+    (so 12-bit data in uint16 files is scaled by 2**12 - 1, not 2**16 - 1); ``dtype``:
+    ``bits:N`` from the storage dtype (uint8 → ``bits:8``, uint16 → ``bits:16``); float
+    images get ``none`` for both. Concrete specs are validated and returned unchanged.
     """
-    if norm != "auto":
+    if norm not in ("auto", "dtype"):
         normalize(np.zeros((1, 1), np.float32), norm)  # validates the spec
         return norm
     if all(im.dtype.kind == "f" for im in images):
         return "none"
+    if norm == "dtype":
+        return f"bits:{max(np.iinfo(im.dtype).bits for im in images if im.dtype.kind in 'ui')}"
     top = max(float(im.max()) for im in images)
     return f"bits:{infer_bits(top)}"
 
 
+def parse_bits(norm: str) -> int:
+    """N of a ``bits:N`` spec (1..32)."""
+    try:
+        bits = int(norm[5:])
+    except ValueError:
+        raise ComirError(f"invalid normalisation {norm!r}; use e.g. bits:12") from None
+    if not 1 <= bits <= 32:
+        raise ComirError(f"invalid normalisation {norm!r}; N must be 1..32")
+    return bits
+
+
 def normalize(image: np.ndarray, norm: str, log: bool = False) -> np.ndarray:
-    """Scale an image to float32, roughly into [0, 1].
+    """Scale an image to float32, roughly into [0, 1], by a *concrete* normalisation.
 
     Parameters
     ----------
     image : ndarray
         Any numeric array.
-    norm : {"none", "percentile", "bits:N", "auto"}
-        ``bits:N`` divides by 2**N (12-bit data: ``bits:12``); ``percentile`` maps the
-        0.5th/99.5th percentiles of each channel to 0/1; ``none`` keeps values;
-        ``auto`` uses the dtype (uint8 → bits:8, uint16 → bits:16, float → none).
+    norm : {"none", "percentile", "bits:N"}
+        ``bits:N`` divides by ``2**N - 1`` (:func:`unit_max`; 12-bit data: ``bits:12``);
+        ``percentile`` maps the 0.5th/99.5th percentiles of each channel to 0/1
+        (:func:`percentile_scale`); ``none`` keeps values. The set-level words ``auto``
+        and ``dtype`` are resolved first by :func:`resolve_norm`.
     log : bool
         Apply ``log(1 + x)`` after scaling (second-harmonic-generation images).
     """
     x = image.astype(np.float32, copy=False)
-    if norm == "auto":
-        norm = f"bits:{np.iinfo(image.dtype).bits}" if image.dtype.kind in "ui" else "none"
     if norm.startswith("bits:"):
-        try:
-            bits = int(norm[5:])
-        except ValueError:
-            raise ComirError(f"invalid normalisation {norm!r}; use e.g. bits:12") from None
-        x = x / np.float32(2**bits)
+        x = x / np.float32(unit_max(parse_bits(norm)))
     elif norm == "percentile":
-        axes = (0, 1)
-        lo, hi = np.percentile(x, [0.5, 99.5], axis=axes, keepdims=True)
-        x = (x - lo) / np.maximum(hi - lo, 1e-12)
-        x = x.astype(np.float32, copy=False)
+        x = percentile_scale(x)
+    elif norm in ("auto", "dtype"):
+        raise ComirError(
+            f"normalisation {norm!r} depends on the whole set; resolve it with resolve_norm"
+        )
     elif norm != "none":
-        raise ComirError(f"invalid normalisation {norm!r}; use auto, none, percentile or bits:N")
+        raise ComirError(
+            f"invalid normalisation {norm!r}; use auto, dtype, none, percentile or bits:N"
+        )
     if log:
         x = np.log1p(np.maximum(x, 0))
     return x

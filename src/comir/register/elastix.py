@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
 from comir.errors import ComirError
 from comir.register.base import RegistrationResult, check_image, failed, timed, to_gray
-from comir.transform import RigidTransform, rigid_matrix
+from comir.transform import RigidTransform, from_elastix_params
 
 MISSING = "itk-elastix is not installed; pip install 'comir[elastix]'"
 
@@ -29,36 +29,10 @@ def elastix_available() -> bool:
     return importlib.util.find_spec("itk") is not None
 
 
-def _floats(value: object) -> list[float]:
-    if isinstance(value, str):
-        return [float(v) for v in value.split()]
-    if isinstance(value, Sequence):
-        return [float(v) for v in value]
-    return [float(value)]  # type: ignore[arg-type]
-
-
 def elastix_params_to_transform(params: Mapping[str, object]) -> RigidTransform:
-    """Convert an elastix ``EulerTransform`` (2-D) parameter map to a :class:`RigidTransform`.
-
-    Parameters
-    ----------
-    params : mapping
-        Needs ``TransformParameters`` = ``(angle_rad, tx, ty)`` and
-        ``CenterOfRotationPoint`` = ``(cx, cy)``, as numbers or elastix's strings. Elastix
-        maps fixed → moving points, ``p_m = R(θ)(p_f − c) + c + t``, for images with
-        origin 0 and spacing 1.
-
-    Returns
-    -------
-    RigidTransform
-        The moving → fixed map (the inverse of elastix's).
-    """
-    try:
-        angle, tx, ty = _floats(params["TransformParameters"])
-        cx, cy = _floats(params.get("CenterOfRotationPoint", (0.0, 0.0)))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ComirError(f"elastix parameters: not a 2-D EulerTransform map ({exc})") from None
-    return RigidTransform(np.linalg.inv(rigid_matrix(angle, (tx, ty), (cx, cy))))
+    """An elastix 2-D ``EulerTransform`` parameter map as a moving → fixed transform
+    (:func:`comir.transform.from_elastix_params`)."""
+    return from_elastix_params(params)
 
 
 def rigid_parameter_map(resolutions: int = 4, iterations: int = 500, bins: int = 32) -> dict:

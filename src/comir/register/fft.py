@@ -31,7 +31,8 @@ from comir.register.base import (
     timed,
     to_gray,
 )
-from comir.transform import RigidTransform, image_center, rigid_matrix
+from comir.transform import RigidTransform, image_center
+from comir.transform import functional as F
 
 _VAR_EPS = 1e-4  # variance floor (per pixel) of the unit-variance inputs
 
@@ -49,7 +50,7 @@ class _Level:
     def scale(self) -> np.ndarray:
         """3×3 matrix mapping level pixel coordinates to full-resolution coordinates."""
         f = float(self.factor)
-        return np.array([[f, 0.0, (f - 1) / 2], [0.0, f, (f - 1) / 2], [0.0, 0.0, 1.0]])
+        return F.translation_matrix(((f - 1) / 2, (f - 1) / 2)) @ F.scale_matrix(f)
 
     def fixed_spectra(self, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
         """``rfft2`` of ``[mask, fixed, fixed²]`` placed at ``offset`` in zeros of ``shape``.
@@ -246,9 +247,7 @@ def _peaks(ncc: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray,
 
 def _with_shift(mats: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Prepend a translation by ``shift`` ``(A, 2)`` to matrices ``(A, 3, 3)``."""
-    out = mats.copy()
-    out[:, :2, 2] += shift
-    return out
+    return F.translation_matrix(shift) @ mats
 
 
 def _global_search(
@@ -269,12 +268,8 @@ def _global_search(
     c_f = np.array(image_center((hf, wf)))
     c_c = np.array([(side - 1) / 2.0, (side - 1) / 2.0])
     origin = np.round(c_f - c_c)  # canvas pixel k sits at fixed coordinate k + origin
-    mats = np.stack(
-        [rigid_matrix(math.radians(a), tuple(c_f - c_m), tuple(c_m)) for a in angles_deg]
-    )
-    shift_o = np.eye(3)
-    shift_o[:2, 2] = origin
-    inv = np.linalg.inv(mats) @ shift_o
+    mats = F.rigid_matrices(np.radians(angles_deg), c_f - c_m, c_m)
+    inv = np.linalg.inv(mats) @ F.translation_matrix(origin)
     canvas, mask = _warp_batch(level.moving, inv, (side, side))
     lo, hi = (1 - side, 1 - side), (hf - 1, wf - 1)
     ncc = _masked_ncc(level, canvas, mask, lo, hi, min_overlap)
@@ -294,10 +289,8 @@ def _local_search(
     hf, wf = level.fixed.shape[1:]
     m = int(window)
     origin = np.array([-m, -m], dtype=float)
-    shift_o = np.eye(3)
-    shift_o[:2, 2] = origin
     canvas, mask = _warp_batch(
-        level.moving, np.linalg.inv(mats) @ shift_o, (hf + 2 * m, wf + 2 * m)
+        level.moving, np.linalg.inv(mats) @ F.translation_matrix(origin), (hf + 2 * m, wf + 2 * m)
     )
     ncc = _masked_ncc(level, canvas, mask, (-2 * m, -2 * m), (0, 0), min_overlap)
     score, sh = _peaks(ncc, np.arange(-2 * m, 1), np.arange(-2 * m, 1))
@@ -315,15 +308,6 @@ def _angle_candidates(score: np.ndarray, circular: bool, k: int) -> np.ndarray:
     if peaks.size == 0:
         return peaks
     return peaks[np.argsort(-score[peaks])][:k]
-
-
-def _set_angles(mats_full: np.ndarray, angles_deg: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Matrices with new rotation angles, keeping the translation about ``center``."""
-    out = []
-    for m, a in zip(mats_full, angles_deg):
-        t = RigidTransform(m).translation_about(tuple(center))
-        out.append(rigid_matrix(math.radians(a), tuple(t), tuple(center)))
-    return np.stack(out)
 
 
 def _refine_angle(
@@ -347,16 +331,18 @@ def _refine_angle(
         Whether the middle trial won (the optimum is bracketed).
     """
     k = len(mats_full)
-    theta = np.degrees(np.arctan2(mats_full[:, 1, 0], mats_full[:, 0, 0]))
+    theta = np.degrees(F.matrix_angles(mats_full))
     trial = (theta[:, None] + delta * np.array([-1.0, 0.0, 1.0])).ravel()
     base = np.repeat(mats_full, 3, axis=0)
-    score, mats = _local_search(level, _set_angles(base, trial, center), window, min_overlap)
+    score, mats = _local_search(
+        level, F.with_angles(base, np.radians(trial), center), window, min_overlap
+    )
     score, mats = score.reshape(k, 3), mats.reshape(k, 3, 3, 3)
     best = score.argmax(axis=1)
     rows = np.arange(k)
     off = _parabola(score[:, 0], score[:, 1], score[:, 2], limit=1.0)
     off = np.where((best != 1) & (off == 0), best - 1.0, off)
-    new = _set_angles(mats[rows, best], theta + off * delta, center)
+    new = F.with_angles(mats[rows, best], np.radians(theta + off * delta), center)
     return score[rows, best], new, best == 1
 
 

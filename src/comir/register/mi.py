@@ -7,8 +7,6 @@ the evaluation of Lu et al., PLOS ONE 2022.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from comir.errors import ComirError
@@ -20,7 +18,7 @@ from comir.register.base import (
     timed,
     to_gray,
 )
-from comir.transform import RigidTransform
+from comir.transform import RigidTransform, from_sitk, to_sitk
 
 
 def _sitk_image(gray: np.ndarray):
@@ -89,8 +87,9 @@ def register_mi(
         init = sitk.CenteredTransformInitializer(
             f, m, sitk.Euler2DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
         )
-        init = sitk.Euler2DTransform(init)
-        init.SetAngle(-math.radians(float(start)))  # ITK's angle is fixed -> moving
+        # the geometric initialiser's centring, then the start angle about the fixed centre
+        c_f = init.GetFixedParameters()
+        init = to_sitk(RigidTransform.from_params(float(start), center=c_f) @ from_sitk(init), c_f)
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
         # Full sampling: random subsampling makes multimodal MI markedly less reliable.
@@ -122,4 +121,4 @@ def register_mi(
     if best is None:
         return failed("mi", errors[0] if errors else "metric is not finite")
     # SimpleITK transforms map fixed -> moving; from_sitk returns moving -> fixed.
-    return RegistrationResult(RigidTransform.from_sitk(best[1]), float(-best[0]), 0.0, "ok", "mi")
+    return RegistrationResult(from_sitk(best[1]), float(-best[0]), 0.0, "ok", "mi")

@@ -20,31 +20,7 @@ from comir.register.base import (
     to_gray,
 )
 from comir.transform import RigidTransform
-
-
-def fit_rigid(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares rigid map ``dst ≈ R src + t`` (2-D Kabsch/Umeyama without scale).
-
-    Parameters
-    ----------
-    src, dst : ndarray, shape (N, 2)
-    weights : ndarray, shape (N,), optional
-
-    Returns
-    -------
-    ndarray, shape (3, 3)
-    """
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, float)
-    w = w / w.sum()
-    ms, md = w @ src, w @ dst
-    a, b = src - ms, dst - md
-    # Optimal angle maximises Σ w b · R a: atan2(Σ w (a × b), Σ w (a · b)).
-    ang = np.arctan2(w @ (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]), w @ (a * b).sum(axis=1))
-    c, s = np.cos(ang), np.sin(ang)
-    m = np.eye(3)
-    m[:2, :2] = [[c, -s], [s, c]]
-    m[:2, 2] = md - m[:2, :2] @ ms
-    return m
+from comir.transform.functional import fit_rigid, rotation_matrices
 
 
 def ransac_rigid(
@@ -75,8 +51,7 @@ def ransac_rigid(
     j = (i + rng.integers(1, n, iterations)) % n  # j != i
     ds, dd = src[j] - src[i], dst[j] - dst[i]
     ang = np.arctan2(dd[:, 1], dd[:, 0]) - np.arctan2(ds[:, 1], ds[:, 0])
-    c, s = np.cos(ang), np.sin(ang)
-    rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # (I, 2, 2)
+    rot = rotation_matrices(ang)  # (I, 2, 2)
     t = dst[i] - np.einsum("hab,hb->ha", rot, src[i])
     best_count, inliers = -1, np.zeros(n, bool)
     chunk = max(1, 2_000_000 // max(n, 1))  # bound the (hypotheses, N, 2) temporaries
