@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,15 +25,24 @@ DEMOS = {
     "sentinel2": ("RGB", "NIR", 96),
     "ihc": ("haematoxylin", "DAB", 128),
 }
-METHODS = ("fft", "sift", "mi")
+#: Back-end runs of the demo: run name suffix, method, options. ``sift-public`` is the
+#: public study's SIFT (500 features, cross-check matching, RANSAC 2 px / 100 trials).
+RUNS = (
+    ("fft", "fft", {}),
+    ("sift", "sift", {}),
+    ("sift-public", "sift", {"preset": "public"}),
+    ("mi", "mi", {}),
+)
+QUICK_RUNS = ("fft", "mi")
 
 
 def sample_train_config(name: str, train_dir: Path, val_dir: Path, quick: bool = False):
     """The recipe of the shipped sample models (``scripts/train_sample_model.py``).
 
     Left half of a bundled scene for training, right half for the validation loss; small
-    preset, 64² patches, MSE critic with τ = 0.5 and an L2 activation decay of 0.1 (SPEC §5:
-    a weak decay lets the representation scale grow until the loss collapses).
+    preset, 64² patches, MSE critic with τ = 0.5 and an L2 activation decay of 0.1 (with a
+    weak decay the networks inflate the representation scale until the loss collapses;
+    see docs/architecture.md, "Training defaults").
     """
     from comir import samples
     from comir.train import TrainConfig
@@ -121,14 +131,15 @@ def run_demo(
         seed=0,
         norm=info["norm"],
     )
-    methods = ("fft", "mi") if quick else METHODS
+    runs = [r for r in RUNS if r[0] in QUICK_RUNS] if quick else RUNS
     res_dirs = []
     for name, mdl in (("raw", None), ("comir", model)):
-        for method in methods:
-            res = out / "results" / f"{name}-{method}"
+        for tag, method, options in runs:
+            res = out / "results" / f"{name}-{tag}"
             evaluate(
-                eval_dir, method=method, model=mdl, out=res, workers=workers, progress=progress
-            )
+                eval_dir, method=method, model=mdl, out=res, workers=workers, progress=progress,
+                **options,
+            )  # fmt: skip
             res_dirs.append(res)
     table = compare(res_dirs, out=out)
     print(table)
@@ -139,6 +150,8 @@ def run_demo(
     )
     summary = {
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpus": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "sample": sample,
         "modalities": list(names),
         "model": str(model_ref),
