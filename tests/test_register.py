@@ -13,15 +13,21 @@ from comir.errors import ComirError
 from comir.register import (
     METHODS,
     available_methods,
-    elastix_params_to_transform,
     register,
     set_library_threads,
     to_gray,
 )
 from comir.register.elastix import MISSING, elastix_available
 from comir.register.fft import _irfft2_rows, _Level, _masked_ncc
-from comir.register.sift import fit_rigid, ransac_rigid
-from comir.transform import RigidTransform, corner_error, image_center, patch_corners
+from comir.register.sift import ransac_rigid
+from comir.transform import (
+    RigidTransform,
+    corner_error,
+    from_elastix_params,
+    image_center,
+    patch_corners,
+)
+from comir.transform.functional import fit_rigid
 
 SHAPE = (128, 160)  # (H, W): non-square on purpose
 TOL = 0.02 * SHAPE[1]  # success threshold of the evaluation protocol
@@ -316,12 +322,192 @@ def test_elastix_params_match_simpleitk_euler() -> None:
             "TransformParameters": tuple(str(float(v)) for v in (angle, *t)),
             "CenterOfRotationPoint": tuple(str(float(v)) for v in c),
         }
-        np.testing.assert_allclose(
-            elastix_params_to_transform(params).matrix, ref.matrix, atol=1e-9
-        )
+        np.testing.assert_allclose(from_elastix_params(params).matrix, ref.matrix, atol=1e-9)
         numeric = {"TransformParameters": [angle, *t], "CenterOfRotationPoint": list(c)}
-        np.testing.assert_allclose(
-            elastix_params_to_transform(numeric).matrix, ref.matrix, atol=1e-9
-        )
+        np.testing.assert_allclose(from_elastix_params(numeric).matrix, ref.matrix, atol=1e-9)
     with pytest.raises(ComirError):
-        elastix_params_to_transform({"CenterOfRotationPoint": ("0", "0")})
+        from_elastix_params({"CenterOfRotationPoint": ("0", "0")})
+
+
+# -- SIFT presets ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fine_pair() -> tuple[np.ndarray, np.ndarray, RigidTransform]:
+    """A uint8 pair of fine texture (more than 500 SIFT keypoints each) and its truth."""
+    from conftest import make_textured
+
+    scene = make_textured((360, 360), seed=11, sigma=1.5)
+    true = RigidTransform.from_params(-14.0, (6.0, -5.0), image_center(SHAPE))
+    fixed, moving = _pair(scene, true)
+    to_u8 = lambda x: np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    return to_u8(fixed), to_u8(moving), true
+
+
+def test_sift_public_preset_is_the_study_pipeline(fine_pair) -> None:
+    import cv2
+
+    fixed, moving, true = fine_pair
+    res = register(fixed, moving, method="sift", preset="public")
+    assert res.ok, res.status
+    assert _error(res.transform, true) <= TOL
+    # independent run of the study's pipeline: 500 SIFT features, BF L2 + cross-check
+    sift = cv2.SIFT_create(500)
+    kf, df = sift.detectAndCompute(fixed, None)
+    km, dm = sift.detectAndCompute(moving, None)
+    matches = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(dm, df)
+    assert res.details["keypoints"] == (len(km), len(kf))
+    assert res.details["matches"] == len(matches)
+    assert max(len(km), len(kf)) <= 510  # the cap binds (the images have ~800 keypoints)
+    # the tuned preset keeps every keypoint and matches with the ratio test instead
+    tuned = register(fixed, moving, method="sift")
+    assert min(tuned.details["keypoints"]) > 600
+    assert tuned.details["matches"] != res.details["matches"]
+
+
+def test_sift_public_preset_ransac_settings(fine_pair, monkeypatch) -> None:
+    from comir.register import sift
+
+    seen = {}
+
+    def spy(src, dst, threshold, iterations, seed, refits):
+        seen.update(threshold=threshold, iterations=iterations, seed=seed, refits=refits)
+        return ransac_rigid(src, dst, threshold, iterations, seed, refits)
+
+    monkeypatch.setattr(sift, "ransac_rigid", spy)
+    fixed, moving, _ = fine_pair
+    register(fixed, moving, method="sift", preset="public")
+    assert seen == {"threshold": 2.0, "iterations": 100, "seed": 0, "refits": 0}
+    register(fixed, moving, method="sift", preset="public", iterations=50, seed=3)
+    assert seen["iterations"] == 50 and seen["seed"] == 3 and seen["threshold"] == 2.0
+
+
+def test_opencv_gray_matches_the_grey_formula() -> None:
+    from comir.register.sift import opencv_gray
+
+    rng = np.random.default_rng(12)
+    rgb = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    ref = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    got = opencv_gray(rgb)
+    assert got.dtype == np.uint8 and got.shape == (20, 24)
+    assert np.abs(got.astype(float) - ref).max() <= 0.51  # OpenCV's fixed-point rounding
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (20, 24, 1)).astype(np.uint8)], -1)
+    np.testing.assert_array_equal(opencv_gray(rgba), got)  # alpha is ignored
+    # uint8 grey is taken as it is; other inputs are min-max scaled over all channels
+    np.testing.assert_array_equal(opencv_gray(rgb[..., :1]), rgb[..., 0])
+    x = rng.normal(3.0, 2.0, (20, 24)).astype(np.float32)
+    np.testing.assert_array_equal(
+        opencv_gray(x), np.rint((x - x.min()) / (x.max() - x.min()) * 255).astype(np.uint8)
+    )
+    two = rng.uniform(0, 1, (20, 24, 2))
+    scaled = np.rint((two - two.min()) / (two.max() - two.min()) * 255)
+    assert np.abs(opencv_gray(two).astype(float) - scaled.mean(-1)).max() <= 0.5
+
+
+def test_sift_bad_presets_and_options(scene: np.ndarray) -> None:
+    img = scene[:64, :64]
+    with pytest.raises(ComirError, match="unknown preset 'paper'; choose one of comir, public"):
+        register(img, img, method="sift", preset="paper")
+    with pytest.raises(ComirError, match="ratio applies to matcher=ratio"):
+        register(img, img, method="sift", preset="public", ratio=0.8)
+    with pytest.raises(ComirError, match="matcher must be one of"):
+        register(img, img, method="sift", matcher="flann")
+    with pytest.raises(ComirError, match="ratio must be in"):
+        register(img, img, method="sift", ratio=1.5)
+    with pytest.raises(ComirError, match="gray must be one of"):
+        register(img, img, method="sift", gray="mean")
+    with pytest.raises(ComirError, match="threads must be at least 1"):
+        register(img, img, method="mi", threads=0)
+
+
+def test_ransac_is_seeded_and_one_fit_without_refits() -> None:
+    rng = np.random.default_rng(13)
+    true = RigidTransform.from_params(25.0, (3.0, 4.0), (10.0, 10.0))
+    src = rng.uniform(0, 80, (40, 2))
+    dst = true.apply(src) + rng.normal(0, 0.5, (40, 2))
+    dst[:15] = rng.uniform(0, 80, (15, 2))
+    a = ransac_rigid(src, dst, 2.0, 100, seed=5, refits=0)
+    b = ransac_rigid(src, dst, 2.0, 100, seed=5, refits=0)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    # with refits=0 the model is the least-squares fit of the returned inliers
+    np.testing.assert_allclose(a[0], fit_rigid(src[a[1]], dst[a[1]]), atol=1e-12)
+    assert a[1][15:].sum() >= 20 and not a[1][:15].any()
+    with pytest.raises(ValueError, match="at least 2 matches"):
+        ransac_rigid(src[:1], dst[:1], 2.0)
+
+
+# -- determinism ------------------------------------------------------------------------------
+DETERMINISM = [
+    ("fft", {}),
+    ("sift", {"preset": "comir"}),
+    ("sift", {"preset": "public"}),
+    ("mi", {}),
+    pytest.param(
+        "elastix", {}, marks=pytest.mark.skipif(not elastix_available(), reason="no itk-elastix")
+    ),
+]
+
+
+@pytest.mark.parametrize("method,options", DETERMINISM)
+def test_same_pair_twice_gives_identical_matrices(
+    method: str, options: dict, scene: np.ndarray
+) -> None:
+    true = RigidTransform.from_params(-11.0, (5.0, -4.0), image_center(SHAPE))
+    fixed, moving = _pair(scene, true)
+    fixed = fixed + np.random.default_rng(14).normal(0, 0.3, fixed.shape).astype(np.float32)
+    options = {**OPTIONS.get(method, {}), **options}
+    first = register(fixed, moving, method=method, **options)
+    second = register(fixed, moving, method=method, **options)
+    assert first.ok, first.status
+    np.testing.assert_array_equal(first.transform.matrix, second.transform.matrix)
+    assert _error(first.transform, true) <= TOL
+
+
+# -- register_files ---------------------------------------------------------------------------
+def test_register_files_writes_a_transform_simpleitk_reads(tmp_path, textured) -> None:
+    from comir.io import read_image, write_image
+    from comir.register import register_files
+    from comir.transform import load_transform
+
+    fixed = np.rint(textured((96, 112), seed=15, sigma=2.5) * 65535).astype(np.uint16)
+    truth = RigidTransform.from_params(-9.0, (4.0, 2.5), center=(55.5, 47.5))
+    moving = truth.inverse().warp(fixed, fixed.shape, order=3, border="reflect")
+    write_image(tmp_path / "f.tif", fixed)
+    write_image(tmp_path / "m.tif", moving)
+    out = register_files(tmp_path / "f.tif", tmp_path / "m.tif", tmp_path / "out", method="fft")
+    assert out.ok and out.center == (55.5, 47.5)
+    assert out.registered == tmp_path / "out" / "m_registered.tif"
+    np.testing.assert_array_equal(load_transform(out.transform_json).matrix, out.transform.matrix)
+    # ITK file: fixed -> moving, i.e. the inverse of the moving -> fixed truth
+    tx = sitk.ReadTransform(str(out.transform_tfm))
+    pts = np.array([[0.0, 0.0], [111.0, 0.0], [30.5, 80.25], [111.0, 95.0]])
+    itk_pts = np.array([tx.TransformPoint(tuple(p)) for p in pts])
+    np.testing.assert_allclose(itk_pts, out.transform.apply_inverse(pts), atol=1e-9)
+    np.testing.assert_allclose(itk_pts, truth.apply_inverse(pts), atol=0.1)
+    # the registered image lies on the fixed one (inside the part the moving image covers)
+    reg = read_image(out.registered)
+    assert reg.dtype == np.uint16 and reg.shape == fixed.shape
+    inner = (slice(16, -16), slice(16, -16))
+    err = np.abs(reg[inner].astype(float) - fixed[inner]).mean()
+    before = np.abs(moving[inner].astype(float) - fixed[inner]).mean()
+    assert err < 0.1 * before
+    # ... and SimpleITK's resampling with the .tfm file gives the same image
+    m_img = sitk.GetImageFromArray(moving.astype(np.float32))
+    f_img = sitk.GetImageFromArray(fixed.astype(np.float32))
+    itk_reg = sitk.GetArrayFromImage(sitk.Resample(m_img, f_img, tx, sitk.sitkLinear, 0.0))
+    assert np.abs(itk_reg[inner] - reg[inner].astype(float)).max() < 0.01 * 65535
+
+
+def test_register_files_failure_writes_nothing(tmp_path, textured, monkeypatch) -> None:
+    import comir.register as reg
+    from comir.io import write_image
+    from comir.register import register_files
+    from comir.register.base import failed
+
+    img = np.rint(textured((40, 40)) * 255).astype(np.uint8)
+    write_image(tmp_path / "f.png", img)
+    with pytest.raises(ComirError, match="unknown method 'nope'"):
+        register_files(tmp_path / "f.png", tmp_path / "f.png", tmp_path / "o", method="nope")
+    monkeypatch.setattr(reg, "register", lambda *a, **k: failed("fft", "no peak"))
+    out = register_files(tmp_path / "f.png", tmp_path / "f.png", tmp_path / "o")
+    assert not out.ok and out.result.status == "failed: no peak"
+    assert out.transform_json is None and not (tmp_path / "o").exists()
