@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_textured
 from scipy import ndimage as ndi
 
 from comir.errors import ComirError
@@ -34,23 +35,6 @@ TOL = 0.02 * SHAPE[1]  # success threshold of the evaluation protocol
 BACKENDS = [m for m in ("fft", "sift", "mi", "elastix") if m in available_methods()]
 # MI has a narrow capture range in rotation; give it the multi-start it offers.
 OPTIONS = {"mi": {"starts": (-15.0, 0.0, 15.0)}}
-
-
-def _scene(size: int = 360, channels: int = 0, seed: int = 0) -> np.ndarray:
-    """Textured test scene: smooth random field plus Gaussian blobs, ``(S, S[, C])``."""
-    rng = np.random.default_rng(seed)
-    planes = []
-    yy, xx = np.mgrid[:size, :size]
-    for _ in range(max(channels, 1)):
-        f = ndi.gaussian_filter(rng.standard_normal((size, size)), 5.0)
-        f /= f.std()
-        for _ in range(40):
-            cy, cx = rng.uniform(0, size, 2)
-            r = rng.uniform(4, 14)
-            f += rng.uniform(-2, 2) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        planes.append(f)
-    img = np.stack(planes, -1) if channels else planes[0]
-    return img.astype(np.float32)
 
 
 def _pair(
@@ -82,9 +66,15 @@ def _error(found: RigidTransform, true: RigidTransform, moving_shape=SHAPE) -> f
     return corner_error(found, corners, true.apply(corners))
 
 
+def _texture(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Smooth texture in [-4, 4] (the conftest texture, coarser: MI's capture range)."""
+    return (make_textured(shape, seed=seed, sigma=4.0) * 8 - 4).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
-def scene() -> np.ndarray:
-    return _scene()
+def texture() -> np.ndarray:
+    """360² scene the test pairs are cut from (built once per module)."""
+    return _texture((360, 360))
 
 
 # -- interface ------------------------------------------------------------------------
@@ -94,8 +84,8 @@ def test_methods_and_availability() -> None:
     assert ("elastix" in available_methods()) == elastix_available()
 
 
-def test_bad_arguments_raise_comir_error(scene: np.ndarray) -> None:
-    img = scene[:64, :64]
+def test_bad_arguments_raise_comir_error(texture: np.ndarray) -> None:
+    img = texture[:64, :64]
     with pytest.raises(ComirError, match="unknown registration method"):
         register(img, img, method="nope")
     with pytest.raises(ComirError, match="unknown option"):
@@ -115,9 +105,9 @@ def test_bad_arguments_raise_comir_error(scene: np.ndarray) -> None:
 
 
 @pytest.mark.skipif(elastix_available(), reason="itk-elastix is installed")
-def test_elastix_missing_is_a_comir_error(scene: np.ndarray) -> None:
+def test_elastix_missing_is_a_comir_error(texture: np.ndarray) -> None:
     with pytest.raises(ComirError) as err:
-        register(scene[:64, :64], scene[:64, :64], method="elastix")
+        register(texture[:64, :64], texture[:64, :64], method="elastix")
     assert str(err.value) == MISSING
 
 
@@ -218,8 +208,8 @@ def test_rigid_fit_and_ransac_recover_known_transform() -> None:
 
 # -- known transforms -------------------------------------------------------------------
 @pytest.mark.parametrize("method", BACKENDS)
-def test_identity_pair(method: str, scene: np.ndarray) -> None:
-    img = scene[100 : 100 + SHAPE[0], 100 : 100 + SHAPE[1]]
+def test_identity_pair(method: str, texture: np.ndarray) -> None:
+    img = texture[100 : 100 + SHAPE[0], 100 : 100 + SHAPE[1]]
     res = register(img, img.copy(), method=method, **OPTIONS.get(method, {}))
     assert res.ok, res.status
     assert res.method == method and res.seconds > 0
@@ -231,18 +221,18 @@ CASES = [(-20.0, (-6.0, 5.0)), (-8.0, (7.0, -4.0)), (12.0, (-5.0, -7.0)), (19.0,
 
 @pytest.mark.parametrize("method", BACKENDS)
 @pytest.mark.parametrize("angle,shift", CASES)
-def test_known_transform(method: str, angle: float, shift: tuple, scene: np.ndarray) -> None:
+def test_known_transform(method: str, angle: float, shift: tuple, texture: np.ndarray) -> None:
     true = RigidTransform.from_params(angle, shift, image_center(SHAPE))
-    fixed, moving = _pair(scene, true)
+    fixed, moving = _pair(texture, true)
     res = register(fixed, moving, method=method, **OPTIONS.get(method, {}))
     assert res.ok, res.status
     assert _error(res.transform, true) <= TOL
 
 
 @pytest.mark.parametrize("angle", [90.0, 180.0, -135.0])
-def test_fft_global_rotation(angle: float, scene: np.ndarray) -> None:
+def test_fft_global_rotation(angle: float, texture: np.ndarray) -> None:
     true = RigidTransform.from_params(angle, (4.0, -3.0), image_center(SHAPE))
-    fixed, moving = _pair(scene, true)
+    fixed, moving = _pair(texture, true)
     res = register(fixed, moving, method="fft")
     assert res.ok
     assert _error(res.transform, true) <= TOL
@@ -251,25 +241,25 @@ def test_fft_global_rotation(angle: float, scene: np.ndarray) -> None:
     assert _error(res.transform, true) > TOL
 
 
-def test_fft_subpixel_accuracy(scene: np.ndarray) -> None:
+def test_fft_subpixel_accuracy(texture: np.ndarray) -> None:
     errors = []
     for angle, shift in [(6.3, (2.4, -3.7)), (-14.2, (-5.5, 1.25))]:
         true = RigidTransform.from_params(angle, shift, image_center(SHAPE))
-        fixed, moving = _pair(scene, true)
+        fixed, moving = _pair(texture, true)
         errors.append(_error(register(fixed, moving, method="fft").transform, true))
     assert max(errors) <= 0.3
 
 
-def test_fft_different_sizes(scene: np.ndarray) -> None:
+def test_fft_different_sizes(texture: np.ndarray) -> None:
     true = RigidTransform.from_params(-11.0, (-7.0, 9.0), (60.0, 50.0))
-    fixed, moving = _pair(scene, true, fixed_shape=(112, 144), moving_shape=(100, 120))
+    fixed, moving = _pair(texture, true, fixed_shape=(112, 144), moving_shape=(100, 120))
     res = register(fixed, moving, method="fft")
     assert _error(res.transform, true, (100, 120)) <= 0.3
 
 
 @pytest.mark.parametrize("method", ["fft", "mi"])
 def test_multichannel_pair(method: str) -> None:
-    scene3 = _scene(300, channels=3, seed=7)
+    scene3 = _texture((300, 300, 3), seed=7)
     true = RigidTransform.from_params(-13.0, (5.0, 6.0), image_center(SHAPE))
     fixed, moving = _pair(scene3, true, offset=(70, 80))
     assert fixed.shape == (*SHAPE, 3) and moving.shape == (*SHAPE, 3)
@@ -278,9 +268,9 @@ def test_multichannel_pair(method: str) -> None:
     assert _error(res.transform, true) <= TOL
 
 
-def test_integer_inputs(scene: np.ndarray) -> None:
+def test_integer_inputs(texture: np.ndarray) -> None:
     true = RigidTransform.from_params(9.0, (3.0, -2.0), image_center(SHAPE))
-    fixed, moving = _pair(scene, true)
+    fixed, moving = _pair(texture, true)
 
     def to_u8(x: np.ndarray) -> np.ndarray:
         return np.clip((x + 4) * 30, 0, 255).astype(np.uint8)
@@ -302,9 +292,9 @@ def test_sift_reports_failure_on_featureless_pairs() -> None:
 
 
 @pytest.mark.parametrize("method", ["fft", "mi"])
-def test_constant_image_fails_cleanly(method: str, scene: np.ndarray) -> None:
+def test_constant_image_fails_cleanly(method: str, texture: np.ndarray) -> None:
     flat = np.full(SHAPE, 3, np.uint8)
-    res = register(flat, scene[: SHAPE[0], : SHAPE[1]], method=method)
+    res = register(flat, texture[: SHAPE[0], : SHAPE[1]], method=method)
     assert res.status == "failed: fixed image is constant (no contrast)"
     np.testing.assert_array_equal(res.transform.matrix, np.eye(3))
 
@@ -333,8 +323,6 @@ def test_elastix_params_match_simpleitk_euler() -> None:
 @pytest.fixture(scope="module")
 def fine_pair() -> tuple[np.ndarray, np.ndarray, RigidTransform]:
     """A uint8 pair of fine texture (more than 500 SIFT keypoints each) and its truth."""
-    from conftest import make_textured
-
     scene = make_textured((360, 360), seed=11, sigma=1.5)
     true = RigidTransform.from_params(-14.0, (6.0, -5.0), image_center(SHAPE))
     fixed, moving = _pair(scene, true)
@@ -402,8 +390,8 @@ def test_opencv_gray_matches_the_grey_formula() -> None:
     assert np.abs(opencv_gray(two).astype(float) - scaled.mean(-1)).max() <= 0.5
 
 
-def test_sift_bad_presets_and_options(scene: np.ndarray) -> None:
-    img = scene[:64, :64]
+def test_sift_bad_presets_and_options(texture: np.ndarray) -> None:
+    img = texture[:64, :64]
     with pytest.raises(ComirError, match="unknown preset 'paper'; choose one of comir, public"):
         register(img, img, method="sift", preset="paper")
     with pytest.raises(ComirError, match="ratio applies to matcher=ratio"):
@@ -449,10 +437,10 @@ DETERMINISM = [
 
 @pytest.mark.parametrize("method,options", DETERMINISM)
 def test_same_pair_twice_gives_identical_matrices(
-    method: str, options: dict, scene: np.ndarray
+    method: str, options: dict, texture: np.ndarray
 ) -> None:
     true = RigidTransform.from_params(-11.0, (5.0, -4.0), image_center(SHAPE))
-    fixed, moving = _pair(scene, true)
+    fixed, moving = _pair(texture, true)
     fixed = fixed + np.random.default_rng(14).normal(0, 0.3, fixed.shape).astype(np.float32)
     options = {**OPTIONS.get(method, {}), **options}
     first = register(fixed, moving, method=method, **options)
