@@ -20,7 +20,7 @@ def textured(shape, seed=0, sigma=2.0) -> np.ndarray:
     return (img - img.min()) / (img.max() - img.min())
 
 
-def test_register_writes_outputs_and_aligns(tmp_path: Path, capsys):
+def test_register_writes_outputs_and_aligns(tmp_path: Path, capsys, textured):
     fixed = np.rint(textured((96, 112)) * 255).astype(np.uint8)
     # moving(p) = fixed(M p): M maps moving -> fixed
     truth = RigidTransform.from_params(4.0, (3.0, -2.0), center=(55.5, 47.5))
@@ -48,7 +48,7 @@ def test_register_writes_outputs_and_aligns(tmp_path: Path, capsys):
     assert "Euler2DTransform_double_2_2" in tfm
 
 
-def test_register_failure_exits_1(tmp_path: Path, monkeypatch, capsys):
+def test_register_failure_exits_1(tmp_path: Path, monkeypatch, capsys, textured):
     import comir.register as reg
     from comir.register.base import failed
 
@@ -61,6 +61,27 @@ def test_register_failure_exits_1(tmp_path: Path, monkeypatch, capsys):
     assert rc == 1
     assert "registration failed: failed: no peak" in capsys.readouterr().err
     assert not (tmp_path / "o" / "transform.json").exists()
+
+
+def test_register_sift_public_preset_option(tmp_path: Path, capsys, textured):
+    fixed = np.rint(textured((128, 160), seed=5, sigma=1.5) * 255).astype(np.uint8)
+    truth = RigidTransform.from_params(-7.0, (4.0, 3.0), center=(79.5, 63.5))
+    moving = truth.inverse().warp(fixed, fixed.shape, order=3, border="reflect")
+    write_image(tmp_path / "f.png", fixed)
+    write_image(tmp_path / "m.png", moving)
+    argv = ["register", str(tmp_path / "f.png"), str(tmp_path / "m.png"), "--out",
+            str(tmp_path / "o"), "--method", "sift", "--option", "preset=public"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    d = json.loads((tmp_path / "o" / "transform.json").read_text())
+    assert d["method"] == "sift"
+    np.testing.assert_allclose(d["angle_deg"], -7.0, atol=0.3)
+    np.testing.assert_allclose(d["translation"], [4.0, 3.0], atol=0.5)
+    capsys.readouterr()
+    assert main([*argv[:-1], "preset=paper"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "comir register: error: sift: unknown preset 'paper'; choose one of comir, public\n"
+    )
 
 
 def test_make_eval_evaluate_compare_cli(tmp_path: Path, capsys):
@@ -117,9 +138,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys, argv_tail, need
     assert needle in err and err.count("\n") == 1, err
 
 
-def test_register_with_model_uses_own_encoders_and_warps_original(tmp_path: Path, monkeypatch):
+def test_register_with_model_uses_own_encoders_and_warps_original(
+    tmp_path: Path, monkeypatch, textured, tiny_run
+):
     import torch
-    from test_evaluate import tiny_run
 
     import comir.register as reg
     from comir.register.base import RegistrationResult

@@ -7,44 +7,34 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_textured
 from scipy import ndimage as ndi
 
 from comir.errors import ComirError
 from comir.register import (
     METHODS,
     available_methods,
-    elastix_params_to_transform,
     register,
     set_library_threads,
     to_gray,
 )
 from comir.register.elastix import MISSING, elastix_available
 from comir.register.fft import _irfft2_rows, _Level, _masked_ncc
-from comir.register.sift import fit_rigid, ransac_rigid
-from comir.transform import RigidTransform, corner_error, image_center, patch_corners
+from comir.register.sift import ransac_rigid
+from comir.transform import (
+    RigidTransform,
+    corner_error,
+    from_elastix_params,
+    image_center,
+    patch_corners,
+)
+from comir.transform.functional import fit_rigid
 
 SHAPE = (128, 160)  # (H, W): non-square on purpose
 TOL = 0.02 * SHAPE[1]  # success threshold of the evaluation protocol
 BACKENDS = [m for m in ("fft", "sift", "mi", "elastix") if m in available_methods()]
 # MI has a narrow capture range in rotation; give it the multi-start it offers.
 OPTIONS = {"mi": {"starts": (-15.0, 0.0, 15.0)}}
-
-
-def _scene(size: int = 360, channels: int = 0, seed: int = 0) -> np.ndarray:
-    """Textured test scene: smooth random field plus Gaussian blobs, ``(S, S[, C])``."""
-    rng = np.random.default_rng(seed)
-    planes = []
-    yy, xx = np.mgrid[:size, :size]
-    for _ in range(max(channels, 1)):
-        f = ndi.gaussian_filter(rng.standard_normal((size, size)), 5.0)
-        f /= f.std()
-        for _ in range(40):
-            cy, cx = rng.uniform(0, size, 2)
-            r = rng.uniform(4, 14)
-            f += rng.uniform(-2, 2) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        planes.append(f)
-    img = np.stack(planes, -1) if channels else planes[0]
-    return img.astype(np.float32)
 
 
 def _pair(
@@ -76,9 +66,15 @@ def _error(found: RigidTransform, true: RigidTransform, moving_shape=SHAPE) -> f
     return corner_error(found, corners, true.apply(corners))
 
 
+def _texture(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Smooth texture in [-4, 4] (the conftest texture, coarser: MI's capture range)."""
+    return (make_textured(shape, seed=seed, sigma=4.0) * 8 - 4).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
-def scene() -> np.ndarray:
-    return _scene()
+def texture() -> np.ndarray:
+    """360² scene the test pairs are cut from (built once per module)."""
+    return _texture((360, 360))
 
 
 # -- interface ------------------------------------------------------------------------
@@ -88,8 +84,8 @@ def test_methods_and_availability() -> None:
     assert ("elastix" in available_methods()) == elastix_available()
 
 
-def test_bad_arguments_raise_comir_error(scene: np.ndarray) -> None:
-    img = scene[:64, :64]
+def test_bad_arguments_raise_comir_error(texture: np.ndarray) -> None:
+    img = texture[:64, :64]
     with pytest.raises(ComirError, match="unknown registration method"):
         register(img, img, method="nope")
     with pytest.raises(ComirError, match="unknown option"):
@@ -109,9 +105,9 @@ def test_bad_arguments_raise_comir_error(scene: np.ndarray) -> None:
 
 
 @pytest.mark.skipif(elastix_available(), reason="itk-elastix is installed")
-def test_elastix_missing_is_a_comir_error(scene: np.ndarray) -> None:
+def test_elastix_missing_is_a_comir_error(texture: np.ndarray) -> None:
     with pytest.raises(ComirError) as err:
-        register(scene[:64, :64], scene[:64, :64], method="elastix")
+        register(texture[:64, :64], texture[:64, :64], method="elastix")
     assert str(err.value) == MISSING
 
 
@@ -212,8 +208,8 @@ def test_rigid_fit_and_ransac_recover_known_transform() -> None:
 
 # -- known transforms -------------------------------------------------------------------
 @pytest.mark.parametrize("method", BACKENDS)
-def test_identity_pair(method: str, scene: np.ndarray) -> None:
-    img = scene[100 : 100 + SHAPE[0], 100 : 100 + SHAPE[1]]
+def test_identity_pair(method: str, texture: np.ndarray) -> None:
+    img = texture[100 : 100 + SHAPE[0], 100 : 100 + SHAPE[1]]
     res = register(img, img.copy(), method=method, **OPTIONS.get(method, {}))
     assert res.ok, res.status
     assert res.method == method and res.seconds > 0
@@ -225,18 +221,18 @@ CASES = [(-20.0, (-6.0, 5.0)), (-8.0, (7.0, -4.0)), (12.0, (-5.0, -7.0)), (19.0,
 
 @pytest.mark.parametrize("method", BACKENDS)
 @pytest.mark.parametrize("angle,shift", CASES)
-def test_known_transform(method: str, angle: float, shift: tuple, scene: np.ndarray) -> None:
+def test_known_transform(method: str, angle: float, shift: tuple, texture: np.ndarray) -> None:
     true = RigidTransform.from_params(angle, shift, image_center(SHAPE))
-    fixed, moving = _pair(scene, true)
+    fixed, moving = _pair(texture, true)
     res = register(fixed, moving, method=method, **OPTIONS.get(method, {}))
     assert res.ok, res.status
     assert _error(res.transform, true) <= TOL
 
 
 @pytest.mark.parametrize("angle", [90.0, 180.0, -135.0])
-def test_fft_global_rotation(angle: float, scene: np.ndarray) -> None:
+def test_fft_global_rotation(angle: float, texture: np.ndarray) -> None:
     true = RigidTransform.from_params(angle, (4.0, -3.0), image_center(SHAPE))
-    fixed, moving = _pair(scene, true)
+    fixed, moving = _pair(texture, true)
     res = register(fixed, moving, method="fft")
     assert res.ok
     assert _error(res.transform, true) <= TOL
@@ -245,25 +241,25 @@ def test_fft_global_rotation(angle: float, scene: np.ndarray) -> None:
     assert _error(res.transform, true) > TOL
 
 
-def test_fft_subpixel_accuracy(scene: np.ndarray) -> None:
+def test_fft_subpixel_accuracy(texture: np.ndarray) -> None:
     errors = []
     for angle, shift in [(6.3, (2.4, -3.7)), (-14.2, (-5.5, 1.25))]:
         true = RigidTransform.from_params(angle, shift, image_center(SHAPE))
-        fixed, moving = _pair(scene, true)
+        fixed, moving = _pair(texture, true)
         errors.append(_error(register(fixed, moving, method="fft").transform, true))
     assert max(errors) <= 0.3
 
 
-def test_fft_different_sizes(scene: np.ndarray) -> None:
+def test_fft_different_sizes(texture: np.ndarray) -> None:
     true = RigidTransform.from_params(-11.0, (-7.0, 9.0), (60.0, 50.0))
-    fixed, moving = _pair(scene, true, fixed_shape=(112, 144), moving_shape=(100, 120))
+    fixed, moving = _pair(texture, true, fixed_shape=(112, 144), moving_shape=(100, 120))
     res = register(fixed, moving, method="fft")
     assert _error(res.transform, true, (100, 120)) <= 0.3
 
 
 @pytest.mark.parametrize("method", ["fft", "mi"])
 def test_multichannel_pair(method: str) -> None:
-    scene3 = _scene(300, channels=3, seed=7)
+    scene3 = _texture((300, 300, 3), seed=7)
     true = RigidTransform.from_params(-13.0, (5.0, 6.0), image_center(SHAPE))
     fixed, moving = _pair(scene3, true, offset=(70, 80))
     assert fixed.shape == (*SHAPE, 3) and moving.shape == (*SHAPE, 3)
@@ -272,9 +268,9 @@ def test_multichannel_pair(method: str) -> None:
     assert _error(res.transform, true) <= TOL
 
 
-def test_integer_inputs(scene: np.ndarray) -> None:
+def test_integer_inputs(texture: np.ndarray) -> None:
     true = RigidTransform.from_params(9.0, (3.0, -2.0), image_center(SHAPE))
-    fixed, moving = _pair(scene, true)
+    fixed, moving = _pair(texture, true)
 
     def to_u8(x: np.ndarray) -> np.ndarray:
         return np.clip((x + 4) * 30, 0, 255).astype(np.uint8)
@@ -296,9 +292,9 @@ def test_sift_reports_failure_on_featureless_pairs() -> None:
 
 
 @pytest.mark.parametrize("method", ["fft", "mi"])
-def test_constant_image_fails_cleanly(method: str, scene: np.ndarray) -> None:
+def test_constant_image_fails_cleanly(method: str, texture: np.ndarray) -> None:
     flat = np.full(SHAPE, 3, np.uint8)
-    res = register(flat, scene[: SHAPE[0], : SHAPE[1]], method=method)
+    res = register(flat, texture[: SHAPE[0], : SHAPE[1]], method=method)
     assert res.status == "failed: fixed image is constant (no contrast)"
     np.testing.assert_array_equal(res.transform.matrix, np.eye(3))
 
@@ -316,12 +312,190 @@ def test_elastix_params_match_simpleitk_euler() -> None:
             "TransformParameters": tuple(str(float(v)) for v in (angle, *t)),
             "CenterOfRotationPoint": tuple(str(float(v)) for v in c),
         }
-        np.testing.assert_allclose(
-            elastix_params_to_transform(params).matrix, ref.matrix, atol=1e-9
-        )
+        np.testing.assert_allclose(from_elastix_params(params).matrix, ref.matrix, atol=1e-9)
         numeric = {"TransformParameters": [angle, *t], "CenterOfRotationPoint": list(c)}
-        np.testing.assert_allclose(
-            elastix_params_to_transform(numeric).matrix, ref.matrix, atol=1e-9
-        )
+        np.testing.assert_allclose(from_elastix_params(numeric).matrix, ref.matrix, atol=1e-9)
     with pytest.raises(ComirError):
-        elastix_params_to_transform({"CenterOfRotationPoint": ("0", "0")})
+        from_elastix_params({"CenterOfRotationPoint": ("0", "0")})
+
+
+# -- SIFT presets ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fine_pair() -> tuple[np.ndarray, np.ndarray, RigidTransform]:
+    """A uint8 pair of fine texture (more than 500 SIFT keypoints each) and its truth."""
+    scene = make_textured((360, 360), seed=11, sigma=1.5)
+    true = RigidTransform.from_params(-14.0, (6.0, -5.0), image_center(SHAPE))
+    fixed, moving = _pair(scene, true)
+    to_u8 = lambda x: np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    return to_u8(fixed), to_u8(moving), true
+
+
+def test_sift_public_preset_is_the_study_pipeline(fine_pair) -> None:
+    import cv2
+
+    fixed, moving, true = fine_pair
+    res = register(fixed, moving, method="sift", preset="public")
+    assert res.ok, res.status
+    assert _error(res.transform, true) <= TOL
+    # independent run of the study's pipeline: 500 SIFT features, BF L2 + cross-check
+    sift = cv2.SIFT_create(500)
+    kf, df = sift.detectAndCompute(fixed, None)
+    km, dm = sift.detectAndCompute(moving, None)
+    matches = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(dm, df)
+    assert res.details["keypoints"] == (len(km), len(kf))
+    assert res.details["matches"] == len(matches)
+    assert max(len(km), len(kf)) <= 510  # the cap binds (the images have ~800 keypoints)
+    # the tuned preset keeps every keypoint and matches with the ratio test instead
+    tuned = register(fixed, moving, method="sift")
+    assert min(tuned.details["keypoints"]) > 600
+    assert tuned.details["matches"] != res.details["matches"]
+
+
+def test_sift_public_preset_ransac_settings(fine_pair, monkeypatch) -> None:
+    from comir.register import sift
+
+    seen = {}
+
+    def spy(src, dst, threshold, iterations, seed, refits):
+        seen.update(threshold=threshold, iterations=iterations, seed=seed, refits=refits)
+        return ransac_rigid(src, dst, threshold, iterations, seed, refits)
+
+    monkeypatch.setattr(sift, "ransac_rigid", spy)
+    fixed, moving, _ = fine_pair
+    register(fixed, moving, method="sift", preset="public")
+    assert seen == {"threshold": 2.0, "iterations": 100, "seed": 0, "refits": 0}
+    register(fixed, moving, method="sift", preset="public", iterations=50, seed=3)
+    assert seen["iterations"] == 50 and seen["seed"] == 3 and seen["threshold"] == 2.0
+
+
+def test_opencv_gray_matches_the_grey_formula() -> None:
+    from comir.register.sift import opencv_gray
+
+    rng = np.random.default_rng(12)
+    rgb = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    ref = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    got = opencv_gray(rgb)
+    assert got.dtype == np.uint8 and got.shape == (20, 24)
+    assert np.abs(got.astype(float) - ref).max() <= 0.51  # OpenCV's fixed-point rounding
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (20, 24, 1)).astype(np.uint8)], -1)
+    np.testing.assert_array_equal(opencv_gray(rgba), got)  # alpha is ignored
+    # uint8 grey is taken as it is; other inputs are min-max scaled over all channels
+    np.testing.assert_array_equal(opencv_gray(rgb[..., :1]), rgb[..., 0])
+    x = rng.normal(3.0, 2.0, (20, 24)).astype(np.float32)
+    np.testing.assert_array_equal(
+        opencv_gray(x), np.rint((x - x.min()) / (x.max() - x.min()) * 255).astype(np.uint8)
+    )
+    two = rng.uniform(0, 1, (20, 24, 2))
+    scaled = np.rint((two - two.min()) / (two.max() - two.min()) * 255)
+    assert np.abs(opencv_gray(two).astype(float) - scaled.mean(-1)).max() <= 0.5
+
+
+def test_sift_bad_presets_and_options(texture: np.ndarray) -> None:
+    img = texture[:64, :64]
+    with pytest.raises(ComirError, match="unknown preset 'paper'; choose one of comir, public"):
+        register(img, img, method="sift", preset="paper")
+    with pytest.raises(ComirError, match="ratio applies to matcher=ratio"):
+        register(img, img, method="sift", preset="public", ratio=0.8)
+    with pytest.raises(ComirError, match="matcher must be one of"):
+        register(img, img, method="sift", matcher="flann")
+    with pytest.raises(ComirError, match="ratio must be in"):
+        register(img, img, method="sift", ratio=1.5)
+    with pytest.raises(ComirError, match="gray must be one of"):
+        register(img, img, method="sift", gray="mean")
+    with pytest.raises(ComirError, match="threads must be at least 1"):
+        register(img, img, method="mi", threads=0)
+
+
+def test_ransac_is_seeded_and_one_fit_without_refits() -> None:
+    rng = np.random.default_rng(13)
+    true = RigidTransform.from_params(25.0, (3.0, 4.0), (10.0, 10.0))
+    src = rng.uniform(0, 80, (40, 2))
+    dst = true.apply(src) + rng.normal(0, 0.5, (40, 2))
+    dst[:15] = rng.uniform(0, 80, (15, 2))
+    a = ransac_rigid(src, dst, 2.0, 100, seed=5, refits=0)
+    b = ransac_rigid(src, dst, 2.0, 100, seed=5, refits=0)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    # with refits=0 the model is the least-squares fit of the returned inliers
+    np.testing.assert_allclose(a[0], fit_rigid(src[a[1]], dst[a[1]]), atol=1e-12)
+    assert a[1][15:].sum() >= 20 and not a[1][:15].any()
+    with pytest.raises(ValueError, match="at least 2 matches"):
+        ransac_rigid(src[:1], dst[:1], 2.0)
+
+
+# -- determinism ------------------------------------------------------------------------------
+DETERMINISM = [
+    ("fft", {}),
+    ("sift", {"preset": "comir"}),
+    ("sift", {"preset": "public"}),
+    ("mi", {}),
+    pytest.param(
+        "elastix", {}, marks=pytest.mark.skipif(not elastix_available(), reason="no itk-elastix")
+    ),
+]
+
+
+@pytest.mark.parametrize("method,options", DETERMINISM)
+def test_same_pair_twice_gives_identical_matrices(
+    method: str, options: dict, texture: np.ndarray
+) -> None:
+    true = RigidTransform.from_params(-11.0, (5.0, -4.0), image_center(SHAPE))
+    fixed, moving = _pair(texture, true)
+    fixed = fixed + np.random.default_rng(14).normal(0, 0.3, fixed.shape).astype(np.float32)
+    options = {**OPTIONS.get(method, {}), **options}
+    first = register(fixed, moving, method=method, **options)
+    second = register(fixed, moving, method=method, **options)
+    assert first.ok, first.status
+    np.testing.assert_array_equal(first.transform.matrix, second.transform.matrix)
+    assert _error(first.transform, true) <= TOL
+
+
+# -- register_files ---------------------------------------------------------------------------
+def test_register_files_writes_a_transform_simpleitk_reads(tmp_path, textured) -> None:
+    from comir.io import read_image, write_image
+    from comir.register import register_files
+    from comir.transform import load_transform
+
+    fixed = np.rint(textured((96, 112), seed=15, sigma=2.5) * 65535).astype(np.uint16)
+    truth = RigidTransform.from_params(-9.0, (4.0, 2.5), center=(55.5, 47.5))
+    moving = truth.inverse().warp(fixed, fixed.shape, order=3, border="reflect")
+    write_image(tmp_path / "f.tif", fixed)
+    write_image(tmp_path / "m.tif", moving)
+    out = register_files(tmp_path / "f.tif", tmp_path / "m.tif", tmp_path / "out", method="fft")
+    assert out.ok and out.center == (55.5, 47.5)
+    assert out.registered == tmp_path / "out" / "m_registered.tif"
+    np.testing.assert_array_equal(load_transform(out.transform_json).matrix, out.transform.matrix)
+    # ITK file: fixed -> moving, i.e. the inverse of the moving -> fixed truth
+    tx = sitk.ReadTransform(str(out.transform_tfm))
+    pts = np.array([[0.0, 0.0], [111.0, 0.0], [30.5, 80.25], [111.0, 95.0]])
+    itk_pts = np.array([tx.TransformPoint(tuple(p)) for p in pts])
+    np.testing.assert_allclose(itk_pts, out.transform.apply_inverse(pts), atol=1e-9)
+    np.testing.assert_allclose(itk_pts, truth.apply_inverse(pts), atol=0.1)
+    # the registered image lies on the fixed one (inside the part the moving image covers)
+    reg = read_image(out.registered)
+    assert reg.dtype == np.uint16 and reg.shape == fixed.shape
+    inner = (slice(16, -16), slice(16, -16))
+    err = np.abs(reg[inner].astype(float) - fixed[inner]).mean()
+    before = np.abs(moving[inner].astype(float) - fixed[inner]).mean()
+    assert err < 0.1 * before
+    # ... and SimpleITK's resampling with the .tfm file gives the same image
+    m_img = sitk.GetImageFromArray(moving.astype(np.float32))
+    f_img = sitk.GetImageFromArray(fixed.astype(np.float32))
+    itk_reg = sitk.GetArrayFromImage(sitk.Resample(m_img, f_img, tx, sitk.sitkLinear, 0.0))
+    assert np.abs(itk_reg[inner] - reg[inner].astype(float)).max() < 0.01 * 65535
+
+
+def test_register_files_failure_writes_nothing(tmp_path, textured, monkeypatch) -> None:
+    import comir.register as reg
+    from comir.io import write_image
+    from comir.register import register_files
+    from comir.register.base import failed
+
+    img = np.rint(textured((40, 40)) * 255).astype(np.uint8)
+    write_image(tmp_path / "f.png", img)
+    with pytest.raises(ComirError, match="unknown method 'nope'"):
+        register_files(tmp_path / "f.png", tmp_path / "f.png", tmp_path / "o", method="nope")
+    monkeypatch.setattr(reg, "register", lambda *a, **k: failed("fft", "no peak"))
+    out = register_files(tmp_path / "f.png", tmp_path / "f.png", tmp_path / "o")
+    assert not out.ok and out.result.status == "failed: no peak"
+    assert out.transform_json is None and not (tmp_path / "o").exists()

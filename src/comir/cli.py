@@ -242,61 +242,31 @@ def _register_arguments(p: argparse.ArgumentParser) -> None:
         help="modality of FIXED with --model; MOVING is the other one (a)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="back-end option")
+    p.add_argument(
+        "--option", action="append", metavar="KEY=VALUE",
+        help="back-end option, repeatable; e.g. preset=public (sift: the study's baseline)",
+    )  # fmt: skip
 
 
 @command("register", "Rigidly register MOVING onto FIXED (or their CoMIRs).", _register_arguments)
 def _register_command(args: argparse.Namespace) -> int:
-    import math
-    from pathlib import Path
+    from comir.register import register_files
 
-    from comir.evaluate import to_unit_float
-    from comir.io import read_image, write_image
-    from comir.plot import plot_registration_overlay
-    from comir.register import available_methods, register
-    from comir.transform import image_center
-
-    if args.method not in available_methods():
-        raise ComirError(
-            f"unknown method {args.method!r}; available: {', '.join(available_methods())}"
-        )
-    fixed, moving = read_image(args.fixed), read_image(args.moving)
-    if args.model:
-        from comir.embed import load_model
-
-        model = load_model(args.model, device=args.device)
-        fm = args.fixed_modality
-        f_in = model.embed(fixed, fm, where=args.fixed)
-        m_in = model.embed(moving, "b" if fm == "a" else "a", where=args.moving)
-    else:
-        f_in, m_in = to_unit_float(fixed), to_unit_float(moving)
-    res = register(f_in, m_in, method=args.method, **_parse_options(args.option))
-    if not res.ok:
+    out = register_files(
+        args.fixed, args.moving, args.out, method=args.method, model=args.model,
+        fixed_modality=args.fixed_modality, device=args.device, **_parse_options(args.option),
+    )  # fmt: skip
+    res = out.result
+    if not out.ok:
         print(f"comir register: registration failed: {res.status}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    center = image_center(moving.shape)
-    score = float(res.score) if math.isfinite(res.score) else None
-    res.transform.save_json(
-        out / "transform.json", center=center, method=args.method, score=score,
-        model=args.model, fixed=str(args.fixed), moving=str(args.moving),
-    )  # fmt: skip
-    res.transform.save_tfm(out / "transform.tfm", center=center)
-    warped = res.transform.warp(moving, fixed.shape[:2])
-    suffix = Path(args.moving).suffix.lower()
-    reg_path = write_image(out / f"{Path(args.moving).stem}_registered{suffix}", warped)
-    t = res.transform.translation_about(center)
-    plot_registration_overlay(
-        fixed, moving, warped, out / "overlay.png",
-        title=f"{args.method}{' on CoMIRs' if args.model else ''}: rotation "
-        f"{res.transform.angle_deg:.2f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px",
-    )  # fmt: skip
+    t = out.transform.translation_about(out.center)
     print(
-        f"{args.method}: rotation {res.transform.angle_deg:.3f}°, translation "
+        f"{args.method}: rotation {out.transform.angle_deg:.3f}°, translation "
         f"({t[0]:.2f}, {t[1]:.2f}) px about the moving centre, score {res.score:.4g}, "
         f"{res.seconds:.2f} s"
     )
-    print(f"wrote {out / 'transform.json'}, transform.tfm, {reg_path.name}, overlay.png")
+    print(f"wrote {out.transform_json}, transform.tfm, {out.registered.name}, overlay.png")
     return 0
 
 

@@ -4,9 +4,14 @@
 maps moving → fixed in the convention of :mod:`comir.transform`. Back-ends:
 
 * ``fft`` — global rotation sweep × FFT masked NCC (no initial guess), for CoMIRs;
-* ``sift`` — SIFT + RANSAC rigid fit (OpenCV);
+* ``sift`` — SIFT + RANSAC rigid fit (OpenCV); ``preset="public"`` is the study's baseline;
 * ``mi`` — Mattes mutual information, multi-resolution (SimpleITK);
 * ``elastix`` — Mattes MI with elastix (optional extra ``comir[elastix]``).
+
+Every back-end is deterministic: the same pair and options give a bit-identical matrix
+(seeded RANSAC, full-sampling MI on one thread, elastix with a fixed ``RandomSeed``).
+:func:`register_files` does what ``comir register`` does: files in, transform files, the
+registered image and an overlay out.
 """
 
 from __future__ import annotations
@@ -20,12 +25,9 @@ from comir.register.base import RegistrationResult, set_library_threads, to_gray
 from comir.register.elastix import (
     MISSING as _ELASTIX_MISSING,
 )
-from comir.register.elastix import (
-    elastix_available,
-    elastix_params_to_transform,
-    register_elastix,
-)
+from comir.register.elastix import elastix_available, register_elastix
 from comir.register.fft import register_fft
+from comir.register.files import FileRegistration, register_files
 from comir.register.mi import register_mi
 from comir.register.sift import register_sift
 
@@ -86,12 +88,13 @@ def register(
 
 __all__ = [
     "METHODS",
+    "FileRegistration",
     "RegistrationResult",
     "available_methods",
-    "elastix_params_to_transform",
     "register",
     "register_elastix",
     "register_fft",
+    "register_files",
     "register_mi",
     "register_sift",
     "set_library_threads",

@@ -147,14 +147,6 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return (x @ w).reshape(arr.shape[:2]).astype(np.float32)
 
 
-def robust_uint8(gray: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Min–max scale ``(H, W)`` to uint8 between the ``low``/``high`` percentiles."""
-    lo, hi = np.percentile(gray, [low, high])
-    if hi <= lo:
-        return np.zeros(gray.shape, np.uint8)
-    return np.clip((gray - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
-
-
 def fft_workers() -> int:
     """Worker count for ``scipy.fft`` (the cap from :func:`set_library_threads`)."""
     return _THREADS if _THREADS is not None else (os.cpu_count() or 1)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from collections.abc import Mapping
 
 import numpy as np
 
 from comir.errors import ComirError
 from comir.register.base import RegistrationResult, check_image, failed, timed, to_gray
-from comir.transform import RigidTransform, from_elastix_params
+from comir.transform import from_elastix_params
 
 MISSING = "itk-elastix is not installed; pip install 'comir[elastix]'"
 
@@ -27,12 +26,6 @@ def elastix_available() -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return importlib.util.find_spec("itk") is not None
-
-
-def elastix_params_to_transform(params: Mapping[str, object]) -> RigidTransform:
-    """An elastix 2-D ``EulerTransform`` parameter map as a moving → fixed transform
-    (:func:`comir.transform.from_elastix_params`)."""
-    return from_elastix_params(params)
 
 
 def rigid_parameter_map(resolutions: int = 4, iterations: int = 500, bins: int = 32) -> dict:
@@ -68,6 +61,7 @@ def register_elastix(
     resolutions: int = 4,
     iterations: int = 500,
     bins: int = 32,
+    threads: int | None = 1,
 ) -> RegistrationResult:
     """Rigid registration with elastix (Euler transform, advanced Mattes MI, 4 resolutions).
 
@@ -75,6 +69,10 @@ def register_elastix(
     ----------
     fixed, moving : ndarray, shape (H, W) or (H, W, C)
         Multichannel inputs are reduced to grey by PCA (:func:`to_gray`).
+    threads : int or None
+        ITK's global default thread count for the call (restored afterwards); ``1``
+        (default) keeps the multi-threaded metric sums in one order. ``None`` leaves it.
+        The random sampler is seeded (``RandomSeed`` of :func:`rigid_parameter_map`).
 
     Returns
     -------
@@ -88,18 +86,24 @@ def register_elastix(
     """
     if not elastix_available():
         raise ComirError(MISSING)
+    if threads is not None and int(threads) < 1:
+        raise ComirError(f"elastix: threads must be at least 1, got {threads}")
     import itk
 
     f = itk.image_view_from_array(np.ascontiguousarray(to_gray(check_image(fixed, "fixed"))))
     m = itk.image_view_from_array(np.ascontiguousarray(to_gray(check_image(moving, "moving"))))
     po = itk.ParameterObject.New()
     po.AddParameterMap(rigid_parameter_map(resolutions, iterations, bins))
+    before = itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads()
+    if threads is not None:
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(int(threads))
     try:
         _, result = itk.elastix_registration_method(f, m, parameter_object=po, log_to_console=False)
     except RuntimeError as exc:
         return failed("elastix", str(exc).strip().splitlines()[-1][:120])
+    finally:
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(before)
     pmap = result.GetParameterMap(0)
     params = {k: pmap[k] for k in ("TransformParameters", "CenterOfRotationPoint")}
-    return RegistrationResult(
-        elastix_params_to_transform(params), float("nan"), 0.0, "ok", "elastix"
-    )
+    # elastix maps fixed -> moving; comir.transform converts (and inverts) it
+    return RegistrationResult(from_elastix_params(params), float("nan"), 0.0, "ok", "elastix")

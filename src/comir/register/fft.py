@@ -22,6 +22,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from comir.errors import ComirError
+from comir.io import standardize
 from comir.register.base import (
     RegistrationResult,
     check_image,
@@ -68,14 +69,6 @@ class _Level:
             region[1 + c :] = f * f
             self.spectra[key] = sfft.rfft2(buf, workers=fft_workers())
         return self.spectra[key]
-
-
-def _standardise(img: np.ndarray) -> np.ndarray:
-    """``(H, W, C)`` → ``(C, H, W)`` float32, each channel zero mean and unit variance."""
-    x = np.moveaxis(img, -1, 0).astype(np.float32)
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    std = x.std(axis=(1, 2), keepdims=True)
-    return np.ascontiguousarray((x - mean) / np.where(std > 0, std, 1.0))
 
 
 def _downsample(x: np.ndarray, f: int) -> np.ndarray:
@@ -269,7 +262,7 @@ def _global_search(
     c_c = np.array([(side - 1) / 2.0, (side - 1) / 2.0])
     origin = np.round(c_f - c_c)  # canvas pixel k sits at fixed coordinate k + origin
     mats = F.rigid_matrices(np.radians(angles_deg), c_f - c_m, c_m)
-    inv = np.linalg.inv(mats) @ F.translation_matrix(origin)
+    inv = F.invert_matrices(mats) @ F.translation_matrix(origin)
     canvas, mask = _warp_batch(level.moving, inv, (side, side))
     lo, hi = (1 - side, 1 - side), (hf - 1, wf - 1)
     ncc = _masked_ncc(level, canvas, mask, lo, hi, min_overlap)
@@ -284,13 +277,15 @@ def _local_search(
 
     Returns scores ``(A,)`` and refined full-resolution matrices ``(A, 3, 3)``.
     """
-    s, s_inv = level.scale, np.linalg.inv(level.scale)
+    s, s_inv = level.scale, F.invert_matrices(level.scale)
     mats = s_inv @ mats_full @ s
     hf, wf = level.fixed.shape[1:]
     m = int(window)
     origin = np.array([-m, -m], dtype=float)
     canvas, mask = _warp_batch(
-        level.moving, np.linalg.inv(mats) @ F.translation_matrix(origin), (hf + 2 * m, wf + 2 * m)
+        level.moving,
+        F.invert_matrices(mats) @ F.translation_matrix(origin),
+        (hf + 2 * m, wf + 2 * m),
     )
     ncc = _masked_ncc(level, canvas, mask, (-2 * m, -2 * m), (0, 0), min_overlap)
     score, sh = _peaks(ncc, np.arange(-2 * m, 1), np.arange(-2 * m, 1))
@@ -398,7 +393,11 @@ def register_fft(
         return failed("fft", why)
     if f_img.shape[2] != m_img.shape[2]:
         f_img, m_img = to_gray(f_img)[..., None], to_gray(m_img)[..., None]
-    f_std, m_std = _standardise(f_img), _standardise(m_img)
+    # (H, W, C) -> (C, H, W), each channel zero mean and unit variance
+    f_std, m_std = (
+        np.ascontiguousarray(standardize(np.moveaxis(x, -1, 0), axis=(1, 2)))
+        for x in (f_img, m_img)
+    )
 
     longest = max(f_img.shape[0], f_img.shape[1], m_img.shape[0], m_img.shape[1])
     shortest = min(f_img.shape[0], f_img.shape[1], m_img.shape[0], m_img.shape[1])
@@ -426,7 +425,7 @@ def register_fft(
     if picks.size == 0:
         return failed("fft", "no shift with enough overlap")
     s = coarse.scale
-    cand = s @ mats[picks] @ np.linalg.inv(s)
+    cand = s @ mats[picks] @ F.invert_matrices(s)
     cand_score = score[picks]
     center = np.array(image_center(m_img.shape))
     delta = step / 2.0

@@ -1,0 +1,155 @@
+"""Register two image files and write the results: what ``comir register`` does.
+
+:func:`register_files` reads the fixed and moving files, optionally turns both into
+CoMIRs with a trained model (each modality through its own encoder), registers them
+with one back-end of :func:`comir.register.register`, and writes into ``out_dir``:
+
+* ``transform.json`` — the moving → fixed transform (comir JSON, translation about the
+  moving image centre, plus method, score, model and file names);
+* ``transform.tfm`` — the same map as an ITK transform file (fixed → moving, centred at
+  the moving image centre), for ``sitk.ReadTransform`` + ``sitk.Resample``;
+* ``<moving stem>_registered<suffix>`` — the original moving image (not its CoMIR)
+  warped into the fixed frame, in the moving file's dtype;
+* ``overlay.png`` — fixed, moving and colour overlays before/after.
+
+Examples
+--------
+>>> from comir.register import register_files
+>>> out = register_files("rgb.png", "nir.tif", "out", method="fft",
+...                      model="sample:sentinel2", fixed_modality="a")  # doctest: +SKIP
+>>> out.ok, out.transform.angle_deg, out.transform_json  # doctest: +SKIP
+(True, 12.4..., PosixPath('out/transform.json'))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from comir.errors import ComirError
+from comir.register.base import RegistrationResult
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class FileRegistration:
+    """Outcome of :func:`register_files`: the registration and the files it wrote.
+
+    ``center`` is the moving image centre, about which the files express the translation.
+    The paths are None when the registration failed (nothing is written then).
+    """
+
+    result: RegistrationResult
+    center: tuple[float, float]
+    transform_json: Path | None = None
+    transform_tfm: Path | None = None
+    registered: Path | None = None
+    overlay: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    @property
+    def transform(self):
+        """The moving → fixed transform (identity when the registration failed)."""
+        return self.result.transform
+
+
+def _inputs(fixed: np.ndarray, moving: np.ndarray, paths, model, fixed_modality, device):
+    """What the back-end registers: [0, 1] floats of the files, or the CoMIRs of both."""
+    from comir.io import to_unit_float
+
+    if model is None:
+        return to_unit_float(fixed), to_unit_float(moving)
+    if isinstance(model, str | os.PathLike):
+        from comir.embed import load_model
+
+        model = load_model(model, device=device)
+    other = "b" if fixed_modality == "a" else "a"
+    return (
+        model.embed(fixed, fixed_modality, where=str(paths[0])),
+        model.embed(moving, other, where=str(paths[1])),
+    )
+
+
+def register_files(
+    fixed_path: PathLike,
+    moving_path: PathLike,
+    out_dir: PathLike,
+    method: str = "fft",
+    model=None,
+    fixed_modality: str = "a",
+    device: str = "auto",
+    **options,
+) -> FileRegistration:
+    """Rigidly register the image in ``moving_path`` onto ``fixed_path``; write the results.
+
+    Parameters
+    ----------
+    fixed_path, moving_path : path
+        Image files (any format :func:`comir.io.read_image` reads); sizes may differ.
+    out_dir : path
+        Output folder (created); see the module docstring for the files.
+    method : {"fft", "sift", "mi", "elastix"}
+        Back-end (:func:`comir.register.register`).
+    model : run folder, ``"sample:<name>"`` or loaded model, optional
+        Register the CoMIRs of both images instead of the images (scaled to [0, 1] by
+        their dtype, :func:`comir.io.to_unit_float`).
+    fixed_modality : {"a", "b"}
+        Modality of the fixed image with ``model``; the moving image is the other one.
+    device : str
+        Device of the model (``auto``, ``cpu``, ``cuda``, ``mps``).
+    **options
+        Back-end options, e.g. ``preset="public"`` for ``sift``.
+
+    Returns
+    -------
+    FileRegistration
+        A failed registration writes nothing and comes back with ``ok`` False.
+
+    Raises
+    ------
+    ComirError
+        Unknown method or option, unreadable files, unusable images.
+    """
+    from comir.io import read_image, write_image
+    from comir.plot import plot_registration_overlay
+    from comir.register import available_methods, register
+    from comir.transform import image_center, save_itk_tfm
+
+    if method not in available_methods():
+        raise ComirError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
+    if fixed_modality not in ("a", "b"):
+        raise ComirError(f"fixed_modality must be 'a' or 'b', got {fixed_modality!r}")
+    fixed, moving = read_image(fixed_path), read_image(moving_path)
+    f_in, m_in = _inputs(fixed, moving, (fixed_path, moving_path), model, fixed_modality, device)
+    res = register(f_in, m_in, method=method, **options)
+    center = image_center(moving.shape)
+    if not res.ok:
+        return FileRegistration(res, center)
+    out, moving_path = Path(out_dir), Path(moving_path)
+    name = model if model is None or isinstance(model, str | os.PathLike) else type(model).__name__
+    res.transform.save(
+        out / "transform.json", center=center, method=method,
+        score=float(res.score) if math.isfinite(res.score) else None,
+        model=None if name is None else str(name), fixed=str(fixed_path), moving=str(moving_path),
+    )  # fmt: skip
+    save_itk_tfm(res.transform, out / "transform.tfm", center=center)
+    warped = res.transform.warp(moving, fixed.shape[:2])
+    suffix = moving_path.suffix.lower()
+    reg_path = write_image(out / f"{moving_path.stem}_registered{suffix}", warped)
+    t = res.transform.translation_about(center)
+    overlay = plot_registration_overlay(
+        fixed, moving, warped, out / "overlay.png",
+        title=f"{method}{' on CoMIRs' if model is not None else ''}: rotation "
+        f"{res.transform.angle_deg:.2f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px",
+    )  # fmt: skip
+    return FileRegistration(
+        res, center, out / "transform.json", out / "transform.tfm", reg_path, overlay
+    )
