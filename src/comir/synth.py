@@ -378,10 +378,11 @@ def synth_pair(
 
 
 def _to_dtype(img: np.ndarray, fmt: str, bits: int) -> np.ndarray:
-    if fmt == "npy":
-        return img
-    top = 2**bits - 1
-    return np.rint(img * top).astype(np.uint8 if bits == 8 else np.uint16)
+    """``npy`` keeps float32; PNG/TIFF store ``bits``-bit integers by the N-bit convention
+    of :func:`comir.io.unit_max` (``round(x · (2**bits - 1))``)."""
+    from comir.io import from_unit_float
+
+    return img if fmt == "npy" else from_unit_float(img, bits)
 
 
 def write_synth(
@@ -407,7 +408,8 @@ def write_synth(
         Number of pairs; pair ``i`` is ``synth_<i:05d>.<fmt>`` and only depends on
         ``(seed, i)`` and the other parameters.
     fmt : {"png", "tif", "npy"}
-        PNG/TIFF store ``bits``-bit integers (8 or 16), ``npy`` float32.
+        PNG/TIFF store ``bits``-bit integers (8 or 16; a stored ``v`` means
+        ``v / (2**bits - 1)``, read back with ``--norm dtype``), ``npy`` float32.
 
     Returns
     -------
