@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import TINY1, oracle
 
 from comir.batch import (
     RowWriter,
@@ -127,10 +128,8 @@ def test_remove_stale_parts(tmp_path: Path):
 
 # ----------------------------------------------------------------------------- embed folders
 @pytest.fixture()
-def run_and_images(tmp_path: Path):
-    from test_embed import TINY1, make_run, scene
-
-    make_run(tmp_path / "run", TINY1)
+def run_and_images(tmp_path: Path, tiny_run, scene):
+    tiny_run(tmp_path / "run", TINY1)
     paths = []
     for i in range(5):
         p = tmp_path / "in" / f"im{i}.tif"
@@ -181,8 +180,6 @@ def test_embed_shards_cover_inputs_once(run_and_images, tmp_path: Path, capsys):
 # ----------------------------------------------------------------------------- evaluate
 def noisy_oracle(fixed, moving, info, **_):
     """Ground truth perturbed per pair (deterministic), some pairs failing; 0 s per pair."""
-    from test_evaluate import oracle
-
     from comir.register.base import failed
 
     name = info["Filename"]
@@ -195,14 +192,12 @@ def noisy_oracle(fixed, moving, info, **_):
     return res
 
 
-def test_sharded_evaluate_merges_to_unsharded_result(tmp_path: Path):
-    from test_evaluate import smooth_image, write_pairs
-
+def test_sharded_evaluate_merges_to_unsharded_result(tmp_path: Path, textured, pair_folder):
     from comir.evaluate import evaluate, make_eval, merge_shards
 
     root = tmp_path / "data"
-    imgs = [smooth_image(shape=(130, 130), seed=s) for s in (0, 1)]
-    write_pairs(root, imgs, [1.0 - x**2 for x in imgs])
+    imgs = [textured((130, 130), seed=s, sigma=2.5) for s in (0, 1)]
+    pair_folder(root, imgs, [1.0 - x**2 for x in imgs])
     ev = make_eval(root, "folders", "A", "B", tmp_path / "ev", width=40, levels=(1, 3), seed=1)
     kw = dict(method=noisy_oracle, workers=1, progress=False)
     full = evaluate(ev, out=tmp_path / "full", **kw)
@@ -263,9 +258,8 @@ def test_train_precision_option():
         _check_resume({"train": old}, TrainConfig(data="d", precision="bf16"), Path("run"))
 
 
-def test_bf16_train_step_and_inference_are_close_to_fp32(tmp_path: Path):
+def test_bf16_train_step_and_inference_are_close_to_fp32(tmp_path: Path, tiny_run, scene):
     import torch
-    from test_embed import TINY1, make_run, scene
 
     from comir.embed import load_model
     from comir.losses.infonce import InfoNCELoss
@@ -290,7 +284,7 @@ def test_bf16_train_step_and_inference_are_close_to_fp32(tmp_path: Path):
     assert losses[torch.bfloat16] != losses[torch.float32]  # autocast really applied
     assert losses[torch.bfloat16] == pytest.approx(losses[torch.float32], rel=0.05)
 
-    make_run(tmp_path / "run", TINY1)
+    tiny_run(tmp_path / "run", TINY1)
     img = scene(40, 48)
     z32 = load_model(tmp_path / "run", device="cpu").embed(img, "a")
     z16 = load_model(tmp_path / "run", device="cpu", precision="bf16").embed(img, "a")

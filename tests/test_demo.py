@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from comir.cli import main
 
 
+@pytest.mark.slow  # the whole demo: evaluation set, four evaluations, figures (> 10 s)
 def test_demo_quick_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--workers", "1"]) == 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from comir import samples
+from comir.data import load_pairs
 from comir.errors import ComirError
 from comir.io import normalize, read_image
 
@@ -86,10 +87,14 @@ def test_export_halves_disjoint_and_cover(tmp_path, name: str) -> None:
     np.testing.assert_array_equal(read_image(whole / f"{name}.tif"), raw)
 
 
-def test_export_found_by_channels_layout(tmp_path) -> None:
-    data = pytest.importorskip("comir.data")
+def test_export_loads_with_the_sample_spec(tmp_path) -> None:
+    s = samples.sample("sentinel2")
     out = samples.export_sample("sentinel2", tmp_path / "d", split="train")
-    assert len(data.find_pairs(out, "channels", "0:3", "3")) == 1
+    ps = load_pairs(out, s["layout"], s["a_spec"], s["b_spec"], norm=s["norm"])
+    assert [p.name for p in ps.pairs] == ["sentinel2_train"]
+    half = s["raw"].shape[1] // 2
+    np.testing.assert_array_equal(ps.images_a[0], normalize(s["a"][:, :half], s["norm"]))
+    np.testing.assert_array_equal(ps.images_b[0], normalize(s["b"][:, :half], s["norm"]))
 
 
 def test_unknown_names_and_splits(tmp_path) -> None:

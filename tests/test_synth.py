@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
+from comir.data import load_pairs
 from comir.errors import ComirError
 from comir.io import read_image
 from comir.synth import DIFFICULTIES, _bspline_matrix, synth_pair, synth_scene, write_synth
@@ -126,11 +127,17 @@ def test_write_synth_folders_layout(tmp_path) -> None:
     assert not list(out.glob("**/*.part"))
 
 
-def test_write_synth_found_by_data(tmp_path) -> None:
-    data = pytest.importorskip("comir.data")
+def test_write_synth_is_read_back_by_load_pairs(tmp_path) -> None:
+    """Stored v means v / (2**bits - 1): ``--norm dtype`` gives the generator's floats back."""
     out = write_synth(tmp_path / "syn", n=4, size=32, seed=0, fmt="tif", bits=8, progress=False)
-    pairs = data.find_pairs(out, "folders", "A", "B")
-    assert len(pairs) == 4
+    ps = load_pairs(out, "folders", "A", "B", norm="dtype")
+    assert [p.name for p in ps.pairs] == [f"synth_{i:05d}" for i in range(4)]
+    assert ps.spec.norm_a == ps.spec.norm_b == "bits:8"
+    a, b = synth_pair(
+        32, "medium", seed=np.random.default_rng(np.random.SeedSequence(0).spawn(4)[2])
+    )
+    np.testing.assert_allclose(ps.images_a[2][..., 0], a, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(ps.images_b[2][..., 0], b, atol=0.5 / 255 + 1e-6)
 
 
 def test_cli_synth(tmp_path) -> None:

@@ -403,7 +403,10 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--difficulty", default="medium", choices=DIFFICULTIES, help="(medium)")
     p.add_argument("--seed", type=int, default=0, help="(0)")
     p.add_argument("--format", default="png", choices=FORMATS, help="(png, 16-bit)")
-    p.add_argument("--bits", type=int, default=16, choices=(8, 16), help="PNG/TIFF bit depth (16)")
+    p.add_argument(
+        "--bits", type=int, default=16, choices=(8, 16),
+        help="PNG/TIFF bit depth (16); a stored v means v / (2^bits - 1), read by --norm dtype",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -426,7 +429,8 @@ def _synth_command(args: argparse.Namespace) -> int:
     )
     print(
         f"wrote {args.n} {args.difficulty} pair(s) of {args.size[0]}x{args.size[1]} to {out}/A and "
-        f"{out}/B in {time.perf_counter() - t0:.1f} s; train with `comir train {out} --out RUN`"
+        f"{out}/B in {time.perf_counter() - t0:.1f} s; "
+        f"train with `comir train {out} --norm dtype --out RUN`"
     )
     return 0
 

@@ -19,7 +19,8 @@ import numpy as np
 from comir.errors import ComirError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
-#: Normalisation specs understood by :func:`normalize`.
+#: Normalisation words: ``auto`` and ``dtype`` are set-level (:func:`resolve_norm` turns
+#: them into ``bits:N``), the others concrete (:func:`normalize`).
 NORM_CHOICES = ("auto", "dtype", "none", "percentile", "bits:N")
 
 
@@ -268,14 +269,22 @@ def percentile_scale(
     return ((x - lo) / np.where(span > 0, span, np.inf)).astype(np.float32, copy=False)
 
 
-def standardize(image: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+def standardize(
+    image: np.ndarray,
+    axis: int | tuple[int, ...] | None = None,
+    reference: np.ndarray | None = None,
+) -> np.ndarray:
     """Zero mean, unit standard deviation over ``axis`` (all elements by default), float32.
 
-    Constant inputs come back as zeros.
+    ``reference`` (default: ``image``) supplies the mean and standard deviation, so that
+    e.g. a warped copy with empty borders keeps the scale of its original; it must have
+    the same number of dimensions as ``image`` and broadcast against it after the
+    reduction over ``axis``. Constant inputs come back as zeros.
     """
     x = np.asarray(image, dtype=np.float32)
-    mean = x.mean(axis=axis, keepdims=True)
-    std = x.std(axis=axis, keepdims=True)
+    ref = x if reference is None else np.asarray(reference, dtype=np.float32)
+    mean = ref.mean(axis=axis, keepdims=True)
+    std = ref.std(axis=axis, keepdims=True)
     return ((x - mean) / np.where(std > 0, std, 1.0)).astype(np.float32, copy=False)
 
 

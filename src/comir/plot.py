@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from comir.io import atomic_path  # noqa: E402
+from comir.io import atomic_path, percentile_scale, standardize  # noqa: E402
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -114,30 +114,28 @@ def plot_compare(
     return save_figure(fig, path)
 
 
-def _display(image, like=None):
+def _display(image):
     """Any ``(H, W[, C])`` image → float ``(H, W)`` or ``(H, W, 3)`` in [0, 1] for display.
 
-    Scaled between the 0.5/99.5 percentiles of ``like`` (default: the image itself), so a
-    warped copy with empty borders keeps the intensity mapping of its original.
+    The 0.5/99.5 percentiles over all shown channels map to 0/1
+    (:func:`comir.io.percentile_scale`); beyond them values are clipped. More than three
+    channels show the first three, two channels their mean.
     """
     import numpy as np
 
-    def prep(a):
-        x = np.asarray(a, dtype=np.float64)
-        if x.ndim == 3 and x.shape[2] not in (1, 3):
-            x = x[..., :3] if x.shape[2] > 3 else x.mean(axis=2)
-        return x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x
-
-    x = prep(image)
-    lo, hi = np.percentile(prep(image if like is None else like), [0.5, 99.5])
-    return np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
+    x = np.asarray(image)
+    if x.ndim == 3 and x.shape[2] not in (1, 3):
+        x = x[..., :3] if x.shape[2] > 3 else x.mean(axis=2)
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[..., 0]
+    return np.clip(percentile_scale(x, 0.5, 99.5, per_channel=False), 0.0, 1.0)
 
 
 def _standardised(image, like=None):
     """Grey image, standardised by the mean/std of ``like`` (default: itself), in [0, 1].
 
-    ±2.5 standard deviations span [0, 1]; ``like`` keeps a warped copy with empty borders
-    on the scale of its original.
+    ±2.5 standard deviations span [0, 1] (:func:`comir.io.standardize`); ``like`` keeps a
+    warped copy with empty borders on the scale of its original.
     """
     import numpy as np
 
@@ -145,8 +143,8 @@ def _standardised(image, like=None):
         x = np.asarray(a, dtype=np.float64)
         return x.mean(axis=2) if x.ndim == 3 else x
 
-    x, ref = grey(image), grey(image if like is None else like)
-    return np.clip(0.5 + (x - ref.mean()) / (5.0 * ref.std() + 1e-12), 0.0, 1.0)
+    z = standardize(grey(image), reference=None if like is None else grey(like))
+    return np.clip(0.5 + z / 5.0, 0.0, 1.0)
 
 
 def colour_overlay(fixed, moving, moving_like=None):

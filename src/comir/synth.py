@@ -207,6 +207,138 @@ def _over(img: np.ndarray, alpha: np.ndarray, value: np.ndarray) -> np.ndarray:
     return img * (1.0 - a) + value * a
 
 
+@dataclass
+class _Geometry:
+    """The shared structures of one scene: ids and soft masks, each ``(H, W)``."""
+
+    field_id: np.ndarray  # int: field (warped Voronoi polygon) of every pixel
+    cell_id: np.ndarray  # int: nearest cell seed
+    cell_in: np.ndarray  # float32 [0, 1]: anti-aliased cell discs
+    cell_rim: np.ndarray  # float32 [0, 1]: their rims (membranes)
+    roads: np.ndarray  # float32 [0, 1]: lines
+    road_id: np.ndarray  # int: the road drawn on top at every pixel
+    fibres: np.ndarray  # float32 [0, 1]: curvy fibres
+    latent: dict[str, np.ndarray]  # shared latent value of every structure, in [0, 1]
+
+
+def _geometry(
+    g_geo: np.random.Generator,
+    g_lat: np.random.Generator,
+    shape: tuple[int, int],
+    lv: _Level,
+    density: float,
+    scale: float,
+) -> _Geometry:
+    """Shared geometry on a smoothly warped grid (irregular boundaries) and its latents."""
+    h, w = shape
+    area = h * w / scale**2
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    warp = lv.warp * scale
+    coords = np.stack(
+        [
+            yy + warp * _smooth_noise(g_geo, shape, 12 * scale),
+            xx + warp * _smooth_noise(g_geo, shape, 12 * scale),
+        ]
+    )
+    n_fields = max(3, round(density * area / 64**2))
+    field_id, _ = _nearest_seed(g_geo, shape, n_fields, coords)
+
+    n_cells = max(2, round(density * area / 30**2))
+    cell_id, cell_d = _nearest_seed(g_geo, shape, n_cells, coords)
+    radius = g_geo.uniform(3.0, 8.0, n_cells).astype(np.float32) * scale
+    r = radius[cell_id]
+    cell_in = np.clip(r + 0.5 - cell_d, 0.0, 1.0)  # anti-aliased disc
+    cell_rim = cell_in * np.clip(cell_d - (r - 2.0 * scale) + 0.5, 0.0, 1.0)
+
+    n_roads = max(1, round(density * (h + w) / scale / 220))
+    p0 = g_geo.uniform([0, 0], [h, w], (n_roads, 2)).astype(np.float32)
+    theta = g_geo.uniform(0, np.pi, n_roads).astype(np.float32)
+    half = g_geo.uniform(1.0, 2.2, n_roads).astype(np.float32) * scale
+    roads = np.zeros(shape, np.float32)
+    road_id = np.zeros(shape, np.int32)
+    for i in range(n_roads):  # a handful of lines, each one vectorised over the image
+        d = np.abs(
+            (coords[0] - p0[i, 0]) * np.cos(theta[i]) - (coords[1] - p0[i, 1]) * np.sin(theta[i])
+        )
+        a = np.clip(half[i] + 0.5 - d, 0.0, 1.0)
+        road_id = np.where(a > roads, i, road_id)
+        roads = np.maximum(roads, a)
+
+    fibres = _contours(g_geo, shape, 22 * scale, 0.45 * density**0.5, 1.6 * scale)
+    sizes = {"field": n_fields, "cell": n_cells, "road": n_roads, "fibre": 1, "gran": 1}
+    latent = {k: g_lat.uniform(0, 1, n) for k, n in (*sizes.items(), ("fib_b", 1))}
+    return _Geometry(field_id, cell_id, cell_in, cell_rim, roads, road_id, fibres, latent)
+
+
+def _exclusive(
+    g_xa: np.random.Generator,
+    g_xb: np.random.Generator,
+    shape: tuple[int, int],
+    lv: _Level,
+    density: float,
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Soft masks ``(H, W)`` of the structures only A (granules) or only B (fibres) shows."""
+    h, w = shape
+    area = h * w / scale**2
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    n_gran = max(1, round(lv.exclusive * density * area / 24**2))
+    _, gd = _nearest_seed(g_xa, shape, n_gran, np.stack([yy, xx]))
+    gran = np.clip(1.2 * scale + 0.5 - gd, 0.0, 1.0)
+    fib_b = _contours(
+        g_xb, shape, 16 * scale, min(0.9, 0.3 * lv.exclusive * density**0.5), 1.2 * scale
+    )
+    return gran, fib_b
+
+
+def _structures(
+    g: np.random.Generator, channels: int, is_a: bool, lv: _Level, geo: _Geometry, only: np.ndarray
+) -> np.ndarray:
+    """The noise-free structures of one modality, ``(H, W, C)``; ``only``: its own mask."""
+    lat = geo.latent
+    coef = _curve(g, lv.harmonics, channels)
+    f_vals = _apply_curve(coef, lat["field"])  # (n_fields, C)
+    c_vals = _apply_curve(coef, lat["cell"])
+    hidden_f = g.random(len(lat["field"])) < lv.missing
+    f_vals[hidden_f] = f_vals[0]  # these fields merge with field 0: no edge between them
+    hidden_c = (g.random(len(lat["cell"])) < lv.missing).astype(np.float32)
+    img = f_vals[geo.field_id].astype(np.float32)  # (H, W, C)
+    img = _over(img, geo.fibres, _apply_curve(coef, lat["fibre"])[0])
+    img = _over(img, geo.roads, _apply_curve(coef, lat["road"])[geo.road_id])
+    vis = 1.0 - hidden_c[geo.cell_id]
+    if is_a:  # filled nuclei
+        img = _over(img, geo.cell_in * vis, c_vals[geo.cell_id])
+        return _over(img, only, _apply_curve(coef, lat["gran"])[0])
+    # membranes: bright rim, faint interior
+    img = _over(img, 0.35 * geo.cell_in * vis, c_vals[geo.cell_id])
+    img = _over(img, geo.cell_rim * vis, np.float32(0.85))
+    return _over(img, only, _apply_curve(coef, lat["fib_b"])[0])
+
+
+def _render(
+    g: np.random.Generator, channels: int, is_a: bool, lv: _Level, geo: _Geometry, only: np.ndarray
+) -> np.ndarray:
+    """One modality: structures, then texture, bias (B), blur and noise; in [0, 1]."""
+    shape = geo.field_id.shape
+    img = _structures(g, channels, is_a, lv, geo, only)
+    if is_a:  # isotropic grain
+        tex = ndimage.gaussian_filter(g.standard_normal(shape, np.float32), 0.8)
+    else:  # streaks and a smooth intensity bias
+        tex = ndimage.gaussian_filter(g.standard_normal(shape, np.float32), (0.6, 3.0))
+        bias = np.clip(_smooth_noise(g, shape, max(shape) / 3), -2, 2)
+        img = img * (1.0 + lv.bias * bias)[..., None]
+    img = img * (1.0 + lv.texture * tex / max(float(tex.std()), 1e-6))[..., None]
+    sigma = lv.blur_a if is_a else lv.blur_b
+    img = ndimage.gaussian_filter(img, (sigma, sigma, 0))
+    noise = g.standard_normal(img.shape, np.float32)
+    if is_a:
+        img = img + lv.noise_a * noise
+    else:  # signal-dependent, Poisson-like
+        img = img + lv.noise_b * np.sqrt(np.maximum(img, 0.0)) * noise
+    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    return img[..., 0] if channels == 1 else img
+
+
 def synth_scene(
     size: int | tuple[int, int] = 256,
     difficulty: str = "medium",
@@ -249,115 +381,25 @@ def synth_scene(
     if density <= 0 or scale <= 0:
         raise ComirError("density and scale must be positive")
     lv = _LEVELS[difficulty]
-    h, w = shape = _shape(size)
+    shape = _shape(size)
     streams = np.random.default_rng(seed).integers(0, 2**63 - 1, size=6)
     g_geo, g_lat, g_xa, g_xb, g_ra, g_rb = (np.random.default_rng(int(s)) for s in streams)
-    area = h * w / scale**2
-
-    # --- shared geometry on a smoothly warped grid (irregular boundaries) ---------------
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    warp = lv.warp * scale
-    coords = np.stack(
-        [
-            yy + warp * _smooth_noise(g_geo, shape, 12 * scale),
-            xx + warp * _smooth_noise(g_geo, shape, 12 * scale),
-        ]
-    )
-    n_fields = max(3, round(density * area / 64**2))
-    field_id, _ = _nearest_seed(g_geo, shape, n_fields, coords)
-
-    n_cells = max(2, round(density * area / 30**2))
-    cell_id, cell_d = _nearest_seed(g_geo, shape, n_cells, coords)
-    radius = g_geo.uniform(3.0, 8.0, n_cells).astype(np.float32) * scale
-    r = radius[cell_id]
-    cell_in = np.clip(r + 0.5 - cell_d, 0.0, 1.0)  # anti-aliased disc
-    cell_rim = cell_in * np.clip(cell_d - (r - 2.0 * scale) + 0.5, 0.0, 1.0)
-
-    n_roads = max(1, round(density * (h + w) / scale / 220))
-    p0 = g_geo.uniform([0, 0], [h, w], (n_roads, 2)).astype(np.float32)
-    theta = g_geo.uniform(0, np.pi, n_roads).astype(np.float32)
-    half = g_geo.uniform(1.0, 2.2, n_roads).astype(np.float32) * scale
-    roads = np.zeros(shape, np.float32)
-    road_id = np.zeros(shape, np.int32)
-    for i in range(n_roads):  # a handful of lines, each one vectorised over the image
-        d = np.abs(
-            (coords[0] - p0[i, 0]) * np.cos(theta[i]) - (coords[1] - p0[i, 1]) * np.sin(theta[i])
-        )
-        a = np.clip(half[i] + 0.5 - d, 0.0, 1.0)
-        road_id = np.where(a > roads, i, road_id)
-        roads = np.maximum(roads, a)
-
-    fibres = _contours(g_geo, shape, 22 * scale, 0.45 * density**0.5, 1.6 * scale)
-
-    # shared latent values (one per structure) that both modalities render
-    m_field = g_lat.uniform(0, 1, n_fields)
-    m_cell = g_lat.uniform(0, 1, n_cells)
-    m_road = g_lat.uniform(0, 1, n_roads)
-    m_fibre = g_lat.uniform(0, 1, 1)
-    m_gran = g_lat.uniform(0, 1, 1)
-    m_fib_b = g_lat.uniform(0, 1, 1)
-
-    # --- modality-exclusive structures (own streams) -------------------------------------
-    gran = np.zeros(shape, np.float32)
-    fib_b = np.zeros(shape, np.float32)
-    if exclusive:
-        n_gran = max(1, round(lv.exclusive * density * area / 24**2))
-        _, gd = _nearest_seed(g_xa, shape, n_gran, np.stack([yy, xx]))
-        gran = np.clip(1.2 * scale + 0.5 - gd, 0.0, 1.0)
-        fib_b = _contours(
-            g_xb, shape, 16 * scale, min(0.9, 0.3 * lv.exclusive * density**0.5), 1.2 * scale
-        )
-
-    def render(g: np.random.Generator, channels: int, is_a: bool) -> np.ndarray:
-        coef = _curve(g, lv.harmonics, channels)
-        f_vals = _apply_curve(coef, m_field)  # (n_fields, C)
-        c_vals = _apply_curve(coef, m_cell)
-        hidden_f = g.random(n_fields) < lv.missing
-        f_vals[hidden_f] = f_vals[0]  # these fields merge with field 0: no edge between them
-        hidden_c = (g.random(n_cells) < lv.missing).astype(np.float32)
-        img = f_vals[field_id].astype(np.float32)  # (H, W, C)
-        img = _over(img, fibres, _apply_curve(coef, m_fibre)[0])
-        img = _over(img, roads, _apply_curve(coef, m_road)[road_id])
-        vis = 1.0 - hidden_c[cell_id]
-        if is_a:  # filled nuclei
-            img = _over(img, cell_in * vis, c_vals[cell_id])
-        else:  # membranes: bright rim, faint interior
-            img = _over(img, 0.35 * cell_in * vis, c_vals[cell_id])
-            img = _over(img, cell_rim * vis, np.float32(0.85))
-        if is_a:
-            img = _over(img, gran, _apply_curve(coef, m_gran)[0])
-            tex = ndimage.gaussian_filter(g.standard_normal(shape, np.float32), 0.8)
-        else:
-            img = _over(img, fib_b, _apply_curve(coef, m_fib_b)[0])
-            tex = ndimage.gaussian_filter(g.standard_normal(shape, np.float32), (0.6, 3.0))
-            img = (
-                img
-                * (1.0 + lv.bias * np.clip(_smooth_noise(g, shape, max(h, w) / 3), -2, 2))[
-                    ..., None
-                ]
-            )
-        img = img * (1.0 + lv.texture * tex / max(float(tex.std()), 1e-6))[..., None]
-        sigma = lv.blur_a if is_a else lv.blur_b
-        img = ndimage.gaussian_filter(img, (sigma, sigma, 0))
-        noise = g.standard_normal(img.shape, np.float32)
-        if is_a:
-            img = img + lv.noise_a * noise
-        else:
-            img = img + lv.noise_b * np.sqrt(np.maximum(img, 0.0)) * noise
-        img = np.clip(img, 0.0, 1.0).astype(np.float32)
-        return img[..., 0] if channels == 1 else img
-
-    a = render(g_ra, channels_a, True)
-    b = render(g_rb, channels_b, False)
+    geo = _geometry(g_geo, g_lat, shape, lv, density, scale)
+    if exclusive:  # own random streams: every other pixel is the same without them
+        gran, fib_b = _exclusive(g_xa, g_xb, shape, lv, density, scale)
+    else:
+        gran = fib_b = np.zeros(shape, np.float32)
+    a = _render(g_ra, channels_a, True, lv, geo, gran)
+    b = _render(g_rb, channels_b, False, lv, geo, fib_b)
     masks = {
-        "cells": cell_in > 0.5,
-        "roads": roads > 0.5,
-        "fibres": fibres > 0.5,
+        "cells": geo.cell_in > 0.5,
+        "roads": geo.roads > 0.5,
+        "fibres": geo.fibres > 0.5,
         "a_only": gran > 0.5,
         "b_only": fib_b > 0.5,
     }
     masks["shared"] = masks["cells"] | masks["roads"] | masks["fibres"]
-    return SynthScene(a=a, b=b, masks=masks, field_id=field_id)
+    return SynthScene(a=a, b=b, masks=masks, field_id=geo.field_id)
 
 
 def synth_pair(
@@ -378,10 +420,11 @@ def synth_pair(
 
 
 def _to_dtype(img: np.ndarray, fmt: str, bits: int) -> np.ndarray:
-    if fmt == "npy":
-        return img
-    top = 2**bits - 1
-    return np.rint(img * top).astype(np.uint8 if bits == 8 else np.uint16)
+    """``npy`` keeps float32; PNG/TIFF store ``bits``-bit integers by the N-bit convention
+    of :func:`comir.io.unit_max` (``round(x · (2**bits - 1))``)."""
+    from comir.io import from_unit_float
+
+    return img if fmt == "npy" else from_unit_float(img, bits)
 
 
 def write_synth(
@@ -407,7 +450,8 @@ def write_synth(
         Number of pairs; pair ``i`` is ``synth_<i:05d>.<fmt>`` and only depends on
         ``(seed, i)`` and the other parameters.
     fmt : {"png", "tif", "npy"}
-        PNG/TIFF store ``bits``-bit integers (8 or 16), ``npy`` float32.
+        PNG/TIFF store ``bits``-bit integers (8 or 16; a stored ``v`` means
+        ``v / (2**bits - 1)``, read back with ``--norm dtype``), ``npy`` float32.
 
     Returns
     -------
