@@ -20,13 +20,6 @@ TINY1 = {"first_filters": 4, "down_layers": [1], "bottleneck_layers": 1, "growth
 TINY2 = {"first_filters": 4, "down_layers": [1, 1], "bottleneck_layers": 1, "growth": 4}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "slow: end-to-end runs (demo, process pools, distributed); deselect with -m 'not slow'",
-    )
-
-
 # ----------------------------------------------------------------------------- images
 def make_textured(shape, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
     """Smooth random texture in [0, 1], float64; ``shape`` ``(H, W)`` or ``(H, W, C)``
