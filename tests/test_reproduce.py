@@ -5,7 +5,8 @@ executed: shell blocks with ``bash``, ``comir ...`` lines through :func:`comir.c
 with ``$VARIABLES`` pointing at fixture folders (:mod:`fixtures_real_layouts`) and only
 size/speed flags appended (:data:`OVERRIDES`; argparse lets the last occurrence win), so
 the document and the CLI cannot drift apart. The assertions check the documented recipe
-values against SPEC §2–§3 and the outputs against independent computations.
+values against the papers' recipes (Pielawski et al. 2020; Lu et al. 2022, as listed in
+docs/reproduce.md) and the outputs against independent computations.
 """
 
 from __future__ import annotations
