@@ -13,8 +13,9 @@ Modules, one job each:
 * :mod:`~comir.evaluate.make` -- set generation (:func:`make_eval`, two tilings);
 * :mod:`~comir.evaluate.sets` -- reading sets (:class:`EvalLevel`, :func:`read_level`,
   :func:`read_patch`);
-* :mod:`~comir.evaluate.run` -- registering the pairs (:func:`evaluate`, process pool,
-  model encoders); :mod:`~comir.evaluate.shards` -- shard files, resuming, merging;
+* :mod:`~comir.evaluate.run` -- registering the pairs (:func:`evaluate`, process pool);
+  :mod:`~comir.evaluate.encode` -- CoMIRs of the patches (:func:`patch_encoder`);
+  :mod:`~comir.evaluate.shards` -- shard files, resuming, merging;
 * :mod:`~comir.evaluate.score` -- ``results.csv``, ``summary.json``, success curves;
 * :mod:`~comir.evaluate.compare` -- side-by-side tables and figures.
 """
@@ -22,6 +23,7 @@ Modules, one job each:
 from __future__ import annotations
 
 from comir.evaluate.compare import compare
+from comir.evaluate.encode import patch_encoder
 from comir.evaluate.make import make_eval
 from comir.evaluate.protocol import (
     DIRECTIONS,
@@ -40,7 +42,7 @@ from comir.evaluate.protocol import (
     success_curve,
     translation_step,
 )
-from comir.evaluate.run import PairResult, evaluate, patch_encoder
+from comir.evaluate.run import PairResult, evaluate
 from comir.evaluate.score import finish
 from comir.evaluate.sets import EvalLevel, find_levels, read_level, read_patch
 from comir.evaluate.shards import SHARD_FORMAT, merge_shards, shard_status

@@ -254,6 +254,26 @@ def _resolve_offset(offset, width: int) -> int | None:
     return None if offset is None else int(offset)
 
 
+def _set_info(root, layout, a, b, norm, spec, width, levels, per_image, seed) -> dict:
+    """The part of ``eval_info.json`` that describes the source and its preparation."""
+    return {
+        "format": "MultiRegEval",
+        "source": str(root),
+        "layout": layout,
+        "a": a,
+        "b": b,
+        "norm": norm,
+        "norm_a": spec.norm_a,
+        "norm_b": spec.norm_b,
+        "log_a": bool(spec.log_a),
+        "log_b": bool(spec.log_b),
+        "width": width,
+        "levels": levels,
+        "per_image": per_image,
+        "seed": seed,
+    }
+
+
 def make_eval(
     root: str | os.PathLike,
     layout: str,
@@ -323,27 +343,8 @@ def make_eval(
         _write_level(out / f"patch_tlevel{level}", level, places, pairs, width, seed, step, bits)
         bar.update(1)
     bar.close()
-    info = {
-        "format": "MultiRegEval",
-        "source": str(root),
-        "layout": layout,
-        "a": a,
-        "b": b,
-        "norm": norm,
-        "norm_a": pairs.spec.norm_a,
-        "norm_b": pairs.spec.norm_b,
-        "log_a": bool(pairs.spec.log_a),
-        "log_b": bool(pairs.spec.log_b),
-        "width": width,
-        "levels": levels,
-        "per_image": per_image,
-        "seed": seed,
-        "bits": bits,
-        "tiling": tiling,
-        "offset": off,
-        "trans_step_px": step,
-        "n_per_level": len(places),
-        "values": f"prepared float = stored value / {unit_max(bits)}",
-    }
+    info = _set_info(root, layout, a, b, norm, pairs.spec, width, levels, per_image, seed)
+    info.update(bits=bits, tiling=tiling, offset=off, trans_step_px=step)
+    info.update(n_per_level=len(places), values=f"prepared float = stored value / {unit_max(bits)}")
     write_text(out / "eval_info.json", json.dumps(info, indent=2) + "\n")
     return out
