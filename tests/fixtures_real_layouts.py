@@ -1,7 +1,8 @@
 """Tiny stand-ins for the real datasets of ``docs/reproduce.md``, with their exact layouts.
 
 Each builder writes a folder with the same file names, dtypes, bit depths and channel
-layouts as the real data (SPEC §3), only with small synthetic images:
+layouts as the real data (docs/reproduce.md; MultiRegEval ``Datasets/README.md``), only
+with small synthetic images:
 
 * :func:`make_zurich` -- Zurich Summer v1.0: ``images_tif/zh<N>.tif``, uint16, 4 channels
   (R, G, B, NIR) with 12-bit values (< 4096).

@@ -218,7 +218,7 @@ def test_sharded_evaluate_merges_to_unsharded_result(tmp_path: Path, textured, p
     merged = evaluate(ev, out=res, shard="2/3", **kw)  # the last one merges
     assert json.loads(f1.read_text())["wall_seconds"] == 123.0
     assert (res / "results.csv").read_bytes() == (tmp_path / "full" / "results.csv").read_bytes()
-    strip = ("wall_seconds",)
+    strip = ("wall_seconds", "shard_wall_seconds")
     on_disk = json.loads((res / "summary.json").read_text())
     want = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert {k: v for k, v in on_disk.items() if k not in strip} == {

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
 
 from comir.cli import main
 from comir.io import read_image, write_image
 from comir.transform import RigidTransform
-
-
-def textured(shape, seed=0, sigma=2.0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = gaussian_filter(rng.random(shape), sigma)
-    return (img - img.min()) / (img.max() - img.min())
 
 
 def test_register_writes_outputs_and_aligns(tmp_path: Path, capsys, textured):
@@ -84,7 +77,7 @@ def test_register_sift_public_preset_option(tmp_path: Path, capsys, textured):
     )
 
 
-def test_make_eval_evaluate_compare_cli(tmp_path: Path, capsys):
+def test_make_eval_evaluate_compare_cli(tmp_path: Path, capsys, textured):
     data = tmp_path / "data"
     for m in ("A", "B"):
         (data / m).mkdir(parents=True)
@@ -103,6 +96,8 @@ def test_make_eval_evaluate_compare_cli(tmp_path: Path, capsys):
         "patch_tlevel2",
     ]
     assert len(list((ev / "patch_tlevel2" / "B" / "test").glob("*_T.png"))) == 3
+    info = json.loads((ev / "eval_info.json").read_text())
+    assert (info["tiling"], info["trans_step_px"]) == ("context", pytest.approx(7 * 48 / 300))
     rc = main(
         ["evaluate", str(ev), "--method", "fft", "--out", str(res), "--workers", "1", "--quiet"]
     )
@@ -115,6 +110,27 @@ def test_make_eval_evaluate_compare_cli(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("| run | method | model | L1 | L2 | all |")
     assert (tmp_path / "cmp" / "compare.png").exists()
+
+
+def test_make_eval_tiling_and_trans_step_options(tmp_path: Path, capsys, textured):
+    data = tmp_path / "data"
+    img = np.rint(textured((100, 150), seed=2) * 255).astype(np.uint8)
+    for m in ("A", "B"):
+        (data / m).mkdir(parents=True)
+        write_image(data / m / "s.png", img)
+    ev = tmp_path / "eval"
+    argv = ["make-eval", str(data), "--out", str(ev), "--width", "48", "--levels", "3",
+            "--tiling", "public", "--trans-step", "2.5", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert "public tiling, translation step 2.5 px" in capsys.readouterr().out
+    info = json.loads((ev / "eval_info.json").read_text())
+    assert (info["tiling"], info["trans_step_px"], info["n_per_level"]) == ("public", 2.5, 6)
+    rows = (ev / "patch_tlevel3" / "info_test.csv").read_text().splitlines()[1:]
+    header = (ev / "patch_tlevel3" / "info_test.csv").read_text().splitlines()[0].split(",")
+    tx = [abs(float(r.split(",")[header.index("Tx")])) for r in rows]
+    assert len(tx) == 6 and all(5.0 <= t < 7.5 for t in tx)  # level 3: ±[2s, 3s)
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        main([*argv, "--tiling", "grid"])
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ executed: shell blocks with ``bash``, ``comir ...`` lines through :func:`comir.c
 with ``$VARIABLES`` pointing at fixture folders (:mod:`fixtures_real_layouts`) and only
 size/speed flags appended (:data:`OVERRIDES`; argparse lets the last occurrence win), so
 the document and the CLI cannot drift apart. The assertions check the documented recipe
-values against SPEC §2–§3 and the outputs against independent computations.
+values against the papers' recipes (Pielawski et al. 2020; Lu et al. 2022, as listed in
+docs/reproduce.md) and the outputs against independent computations.
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def env(tmp_path_factory) -> dict[str, str]:
     }
 
 
+# Tests using the section fixtures below run the documented commands end to end (training
+# included) and are marked slow.
 @pytest.fixture(scope="module")
 def zurich(env) -> dict[str, list[Ran]]:
     """Run section 1 of the document in order (fold folders, train, embed, eval, compare)."""
@@ -235,6 +238,7 @@ def test_document_blocks_use_existing_options(env):
 
 
 # ----------------------------------------------------------------------------- Zurich
+@pytest.mark.slow
 def test_zurich_fold_folders(env, zurich):
     assert_ok(zurich["zurich-fold"])
     fold = Path(env["WORK"]) / f"fold{FOLD}"
@@ -268,6 +272,7 @@ def test_zurich_fold_loop_all_folds(tmp_path):
     assert sorted(seen_in_test) == list(range(1, 21))  # the folds partition the 20 scenes
 
 
+@pytest.mark.slow
 def test_zurich_train_follows_paper_recipe(env, zurich):
     (args,) = documented("zurich-train", env, "train")
     assert (args.layout, args.a, args.b, args.norm) == ("channels", "0:3", "3", "bits:12")
@@ -289,6 +294,7 @@ def test_zurich_train_follows_paper_recipe(env, zurich):
     assert all(math.isfinite(float(r["val_loss"])) for r in rows)
 
 
+@pytest.mark.slow
 def test_zurich_embed_writes_one_comir_per_scene(env, zurich):
     assert_ok(zurich["zurich-embed"])
     test_ids = sorted(set(ZURICH_FOLDS[FOLD]) & set(ZURICH_IDS))
@@ -300,6 +306,7 @@ def test_zurich_embed_writes_one_comir_per_scene(env, zurich):
         assert z.dtype == np.float32 and z.shape[:2] == (64, 64) and np.isfinite(z).all()
 
 
+@pytest.mark.slow
 def test_zurich_eval_set_holds_test_fold_only_with_training_scaling(env, zurich):
     assert_ok(zurich["zurich-make-eval"])
     ev = Path(env["WORK"]) / "eval" / f"zurich-fold{FOLD}"
@@ -319,6 +326,7 @@ def test_zurich_eval_set_holds_test_fold_only_with_training_scaling(env, zurich)
         np.testing.assert_allclose(patch / 65535.0, expect, atol=1.0 / 65535)
 
 
+@pytest.mark.slow
 def test_zurich_evaluate_and_compare(env, zurich):
     assert_ok(zurich["zurich-evaluate"])
     res = Path(env["WORK"]) / "results" / f"zurich-fold{FOLD}"
@@ -335,6 +343,7 @@ def test_zurich_evaluate_and_compare(env, zurich):
     assert (res / "compare.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_zurich_register_one_pair(env, zurich):
     assert_ok(zurich["zurich-register"])
     out = Path(env["WORK"]) / "register" / "zh7"
@@ -347,6 +356,7 @@ def test_zurich_register_one_pair(env, zurich):
 
 
 # ----------------------------------------------------------------------------- BF/SHG
+@pytest.mark.slow
 def test_bfshg_train_follows_paper_recipe(env, bfshg):
     (args,) = documented("bfshg-train", env, "train")
     assert (args.layout, args.a, args.b, args.log_a, args.log_b) == (
@@ -372,6 +382,7 @@ def test_bfshg_train_follows_paper_recipe(env, bfshg):
     assert all(math.isfinite(float(r["val_loss"])) for r in read_csv(run / "metrics.csv"))
 
 
+@pytest.mark.slow
 def test_bfshg_eval_set_is_log_scaled_centre_crops(env, bfshg):
     assert_ok(bfshg["bfshg-make-eval"])
     ev = Path(env["WORK"]) / "eval" / "bfshg"
@@ -387,6 +398,7 @@ def test_bfshg_eval_set_is_log_scaled_centre_crops(env, bfshg):
     np.testing.assert_allclose(patch / 65535.0, expect, atol=1.0 / 65535)
 
 
+@pytest.mark.slow
 def test_bfshg_evaluate_and_compare(env, bfshg):
     assert_ok(bfshg["bfshg-evaluate"])
     res = Path(env["WORK"]) / "results" / "bfshg"
@@ -400,6 +412,7 @@ def test_bfshg_evaluate_and_compare(env, bfshg):
 
 
 # ----------------------------------------------------------------------------- MultiRegEval
+@pytest.mark.slow
 def test_released_sets_evaluate_unchanged(env, mre):
     assert_ok(mre["mre-train"])
     cfg = json.loads((Path(env["WORK"]) / "runs" / "zurich-nir-fold1" / "config.json").read_text())
@@ -424,6 +437,7 @@ def test_released_sets_evaluate_unchanged(env, mre):
         assert (results / tag / "compare.md").is_file()
 
 
+@pytest.mark.slow
 def test_released_sets_raw_fft_recovers_public_transforms(env, mre):
     """B is an increasing function of A in the fixture: raw FFT must recover the public
     generator's transforms, which fails if the evaluator misreads the public convention."""

@@ -285,6 +285,17 @@ def _make_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-a", action="store_true", help="log(1+x) on modality A")
     p.add_argument("--log-b", action="store_true", help="log(1+x) on modality B")
     p.add_argument("--bits", type=int, default=16, choices=(8, 16), help="image bit depth (16)")
+    p.add_argument(
+        "--tiling", default="context", choices=("context", "public"),
+        help="context: regions inside a margin, transformed patches show the real "
+        "surroundings; public: (H//w)×(W//w) tiles of the whole image, transformed patches "
+        "reflect-padded, as the released sets (context)",
+    )  # fmt: skip
+    p.add_argument(
+        "--trans-step", type=float, metavar="PX",
+        help="translation step per level in px (published: 7 at W=300, 20 at W=834; "
+        "else 7·W/300)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -298,12 +309,14 @@ def _make_eval_command(args: argparse.Namespace) -> int:
         args.data, layout=args.layout, a=args.a, b=args.b, out=args.out, width=args.width,
         levels=args.levels, per_image=args.per_image, seed=args.seed, norm=args.norm,
         norm_b=args.norm_b, log_a=args.log_a, log_b=args.log_b, bits=args.bits,
-        progress=not args.quiet,
+        tiling=args.tiling, trans_step=args.trans_step, progress=not args.quiet,
     )  # fmt: skip
     info = json.loads((out / "eval_info.json").read_text())
     print(
         f"wrote {info['n_per_level']} pairs × {len(info['levels'])} level(s) of "
-        f"{info['width']} px patches to {out} (patch_tlevel{{{','.join(map(str, info['levels']))}}})"
+        f"{info['width']} px patches ({info['tiling']} tiling, translation step "
+        f"{info['trans_step_px']:g} px) to {out} "
+        f"(patch_tlevel{{{','.join(map(str, info['levels']))}}})"
     )
     return 0
 

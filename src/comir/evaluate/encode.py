@@ -1,0 +1,102 @@
+"""CoMIRs of evaluation patches: a model's encoders without a second normalisation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from comir.batch import progress_bar
+from comir.errors import ComirError, warn
+from comir.evaluate.sets import read_patch
+
+#: Status prefix of a pair whose image exists but cannot be read (a failure).
+UNREADABLE = "unreadable"
+
+
+def _prep(norm: str, log: bool) -> str:
+    return f"{norm}{' + log' if log else ''}"
+
+
+def patch_encoder(model, eval_info: dict | None = None):
+    """The model for evaluation patches: loaded, with its input normalisation switched off.
+
+    Evaluation images already hold prepared values (:func:`make_eval`; public 8-bit sets
+    are taken as such) and are read by :func:`read_patch` into [0, 1]; only the channel
+    selection of the model's ``DataSpec`` still applies. ``model.embed(read_patch(p), m)``
+    on the returned model gives the CoMIR of patch ``p``. Warns when ``eval_info`` (the
+    set's ``eval_info.json``) records another normalisation than the model was trained on.
+
+    Parameters
+    ----------
+    model : run dir, ``"sample:<name>"`` or ComirModel
+    eval_info : dict, optional
+    """
+    import dataclasses
+
+    if isinstance(model, str | os.PathLike):
+        from comir.embed import load_model
+
+        model = load_model(model)
+    spec = getattr(model, "data", None)
+    if not (dataclasses.is_dataclass(model) and dataclasses.is_dataclass(spec)):
+        return model
+    odd = []
+    for m in ("a", "b") if eval_info is not None else ():
+        want = (getattr(spec, f"norm_{m}"), bool(getattr(spec, f"log_{m}")))
+        have = (eval_info.get(f"norm_{m}"), bool(eval_info.get(f"log_{m}", False)))
+        if have[0] is not None and have != want:
+            odd.append(f"{m.upper()} was prepared with {_prep(*have)}, the model was trained on "
+                       f"{_prep(*want)}")  # fmt: skip
+    if odd:
+        warn(
+            f"evaluation set modality {'; '.join(odd)}; remake the set with comir make-eval "
+            "using the model's normalisation (--norm, --norm-b, --log-a, --log-b)"
+        )
+    spec = dataclasses.replace(spec, norm_a="none", norm_b="none", log_a=False, log_b=False)
+    return dataclasses.replace(model, data=spec)
+
+
+def _read_for_embedding(items: Sequence[tuple[str | None, str]]) -> tuple[dict, list]:
+    """Images of ``(path, modality)`` items that exist and read, and per item a problem
+    status or None."""
+    images, problems = {}, []
+    for k, (path, _) in enumerate(items):
+        try:
+            images[k] = None if path is None else read_patch(path)
+            problems.append(None if path is not None else "absent")
+        except (ComirError, OSError, ValueError):
+            images[k] = None
+            problems.append(f"{UNREADABLE}: {path}")
+    return images, problems
+
+
+def embed_items(model, items: Sequence[tuple[str | None, str]], cache: Path, progress: bool):
+    """CoMIRs of images ``(path or None, modality)`` in batches of equal size.
+
+    Returns
+    -------
+    paths : list of str or None
+        A ``.npy`` file per item (None where the image is absent or unreadable).
+    problems : list of str or None
+        ``unreadable: <file>`` where reading failed.
+    """
+    images, problems = _read_for_embedding(items)
+    groups: dict[tuple, list[int]] = {}
+    for k, img in images.items():
+        if img is not None:
+            groups.setdefault((items[k][1], img.shape), []).append(k)
+    out: list[str | None] = [None] * len(items)
+    bar = progress_bar(sum(map(len, groups.values())), "embed", progress, unit="img")
+    for (mod, _), idx in groups.items():
+        for s in range(0, len(idx), 16):
+            chunk = idx[s : s + 16]
+            zs = model.embed_batch([images.pop(k) for k in chunk], mod)
+            for k, z in zip(chunk, zs, strict=True):
+                out[k] = str(cache / f"{k}.npy")
+                np.save(out[k], np.asarray(z, dtype=np.float32))
+            bar.update(len(chunk))
+    bar.close()
+    return out, [p if p != "absent" else None for p in problems]
