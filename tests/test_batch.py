@@ -128,7 +128,9 @@ def test_remove_stale_parts(tmp_path: Path):
 # ----------------------------------------------------------------------------- embed folders
 @pytest.fixture()
 def run_and_images(tmp_path: Path):
-    from test_embed import TINY1, make_run, scene
+    from conftest import TINY1
+    from conftest import make_scene as scene
+    from conftest import make_tiny_run as make_run
 
     make_run(tmp_path / "run", TINY1)
     paths = []
@@ -265,17 +267,19 @@ def test_train_precision_option():
 
 def test_bf16_train_step_and_inference_are_close_to_fp32(tmp_path: Path):
     import torch
-    from test_embed import TINY1, make_run, scene
+    from conftest import TINY1
+    from conftest import make_scene as scene
+    from conftest import make_tiny_run as make_run
 
     from comir.embed import load_model
     from comir.losses.infonce import InfoNCELoss
-    from comir.model import CoMIRModel, tiramisu_config
+    from comir.model import EncoderPair, tiramisu_config
     from comir.train import train_step
 
     losses = {}
     for dt in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
-        model = CoMIRModel(
+        model = EncoderPair(
             tiramisu_config("small", 1, 1, **TINY1), tiramisu_config("small", 1, 1, **TINY1)
         )
         opt = torch.optim.SGD(model.parameters(), lr=0.0)

@@ -360,11 +360,11 @@ def tiny_run(run: Path):
     import torch
 
     from comir.data import DataSpec
-    from comir.model import CoMIRModel, tiramisu_config
+    from comir.model import EncoderPair, tiramisu_config
     from comir.train import save_weights
 
     torch.manual_seed(0)
-    model = CoMIRModel(
+    model = EncoderPair(
         tiramisu_config("small", 3, 1, **TINY), tiramisu_config("small", 1, 1, **TINY)
     )
     spec = DataSpec(
