@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
+from conftest import make_textured
 
 from comir.cli import main
 from comir.io import read_image, write_image
@@ -33,10 +33,8 @@ rotate = false
 
 def make_scenes(root: Path, n: int = 2, size: int = 40) -> Path:
     """4-channel uint16 files (RGB + NIR-like band): the ``channels`` layout."""
-    rng = np.random.default_rng(0)
     for i in range(n):
-        rgb = np.stack([gaussian_filter(rng.random((size, size)), 2) for _ in range(3)], -1)
-        rgb = (rgb - rgb.min()) / np.ptp(rgb)
+        rgb = make_textured((size, size, 3), seed=i)
         nir = np.cos(4.0 * rgb[..., 1] - 2.0 * rgb[..., 0]) ** 2
         img = np.concatenate([rgb, nir[..., None]], -1)
         write_image(root / f"s{i}.tif", (img * 4095).astype(np.uint16))

@@ -361,7 +361,7 @@ def tiny_run(run: Path):
 
     from comir.data import DataSpec
     from comir.model import EncoderPair, tiramisu_config
-    from comir.train import save_weights
+    from comir.runtime import save_weights
 
     torch.manual_seed(0)
     model = EncoderPair(

@@ -147,3 +147,15 @@ def test_file_embedding_warns_once_per_file_streamed_or_not(tmp_path, tiny_run, 
             embed_files(model, paths, "a", tmp_path / f"out{len(kw)}", **kw)
         (msg,) = comir_warnings(record)
         assert msg.startswith(f"{paths[1]}: modality A intensities")
+
+
+def test_cli_embed_prints_one_warning_line(tmp_path, capsys):
+    from comir.cli import main
+
+    src = write_image(tmp_path / "other_satellite.tif", eight_bit(holdout("sentinel2"))[:96, :96])
+    args = ["embed", "sample:sentinel2", str(src), "--modality", "b", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"comir embed: warning: {src}: modality B intensities are far")
+    assert err[0].endswith("check --norm (the model was trained with bits:13, i.e. stored value / 8191) or train on this data")  # fmt: skip

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY1
+from conftest import TINY1, make_textured
 from safetensors.torch import load_file
-from scipy.ndimage import gaussian_filter
 
 import comir.train as train_module
 from comir.errors import ComirError, ComirWarning
@@ -20,15 +19,11 @@ from comir.run_files import METRIC_COLUMNS, load_checkpoint, read_metrics
 from comir.runtime import resolve_device
 from comir.train import TrainConfig, build_model, make_optimizer, train, train_step
 
-TINY = TINY1
-
 
 def make_data(root: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:
     """Aligned pairs: A smooth RGB uint8, B = a non-monotonic function of A (grey)."""
-    rng = np.random.default_rng(seed)
     for i in range(n):
-        a = np.stack([gaussian_filter(rng.random((size, size)), 2.5) for _ in range(3)], -1)
-        a = (a - a.min()) / (a.max() - a.min())
+        a = make_textured((size, size, 3), seed=seed + i, sigma=2.5)
         b = np.sin(3.0 * np.pi * a.mean(-1)) ** 2
         write_image(root / "A" / f"im{i}.tif", (a * 255).astype(np.uint8))
         write_image(root / "B" / f"im{i}.tif", (b * 255).astype(np.uint8))
@@ -38,7 +33,7 @@ def make_data(root: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:
 def tiny_config(data: Path, **kw) -> TrainConfig:
     base = dict(
         data=str(data),
-        model_overrides=dict(TINY),
+        model_overrides=dict(TINY1),
         batch_size=6,
         patch_size=32,
         steps=4,
@@ -150,7 +145,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_gives_identical_weights(data, tmp_path, monkeypatch):
     """4 steps straight == 2 steps, interruption, resume 2 (dropout and C4 on)."""
-    cfg = tiny_config(data, model_overrides={**TINY, "dropout": 0.2}, augment={})
+    cfg = tiny_config(data, model_overrides={**TINY1, "dropout": 0.2}, augment={})
     straight = train(cfg, tmp_path / "straight", progress=False)
 
     calls = {"n": 0}

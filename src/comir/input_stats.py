@@ -142,8 +142,8 @@ def deviation(x: np.ndarray, stats: dict) -> str | None:
 def _norm_hint(norm: str) -> str:
     if norm.startswith("bits:"):
         bits = int(norm.split(":", 1)[1])
-        return f"--norm {norm}: values / {2**bits - 1}"
-    return f"--norm {norm}"
+        return f"{norm}, i.e. stored value / {2**bits - 1}"
+    return norm or "an unknown normalisation"
 
 
 def check_input(
