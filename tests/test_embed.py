@@ -162,3 +162,35 @@ def test_sample_reference(tmp_path, monkeypatch, tiny_run):
     monkeypatch.setattr(samples, "model_dir", lambda name: tmp_path / "run")
     m = load_model("sample:whatever", device="cpu")
     assert m.latent_channels == 1
+
+
+def test_inference_does_not_import_training():
+    """Every ``comir`` module that ``comir.embed`` can import (also lazily, inside
+    functions), followed transitively through the source: ``comir.train`` is not one."""
+    import ast
+    import importlib.util
+
+    def spec(name: str):
+        try:
+            return importlib.util.find_spec(name)
+        except (ImportError, AttributeError):  # "package.function": not a module
+            return None
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse(open(spec(name).origin).read())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        return {n for n in found if n.startswith("comir") and spec(n)}
+
+    seen, todo = set(), ["comir.embed"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += imports(name)
+    assert {"comir.runtime", "comir.model", "comir.input_stats"} <= seen
+    assert not {"comir.train", "comir.train_config", "comir.run_files"} & seen

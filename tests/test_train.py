@@ -231,13 +231,9 @@ def test_lazy_exports():
 
     import comir
 
-    code = (
-        "import sys, comir, comir.cli; comir.cli.build_parser(); print('torch' in sys.modules); "
-        "import comir.embed; print('comir.train' in sys.modules)"
-    )
+    code = "import sys, comir, comir.cli; comir.cli.build_parser(); print('torch' in sys.modules)"
     light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    # `import comir` and the CLI parser do not load torch; inference does not load training
-    assert light.stdout.split() == ["False", "False"]
+    assert light.stdout.strip() == "False"  # `import comir` and the CLI parser skip torch
     assert callable(comir.load_model)
     assert comir.load_model.__module__ == "comir.embed"
 
