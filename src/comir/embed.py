@@ -9,9 +9,10 @@ Tiled inference
 Large images are split into ``tile × tile`` windows on the network's pooling grid of the
 image padded exactly as the encoder pads a whole image, and the tile outputs are blended
 with weights that vanish within ``margin`` pixels of interior tile edges
-(:func:`comir.tiling.plan_tiles`). When ``overlap > 2 * radius`` (:func:`receptive_radius`; 8 px for a one-pooling toy model,
-74 px for the ``small`` preset, 950 px for ``paper``) the margin is the full radius and
-the tiled result equals the whole-image result up to float rounding everywhere, including
+(:func:`comir.tiling.plan_tiles`). When ``overlap > 2 * radius``
+(:func:`comir.tiling.receptive_radius`; 8 px for a one-pooling toy model, 74 px for the
+``small`` preset, 950 px for ``paper``) the margin is the full radius and the tiled
+result equals the whole-image result up to float rounding everywhere, including
 the image border (there is no border band: image edges are treated identically in both
 passes). ``overlap=None`` (the default) picks the smallest such overlap for the loaded
 model (:meth:`ComirModel.exact_overlap`: 160 px for ``small``, 1984 px for ``paper``).
