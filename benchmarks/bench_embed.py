@@ -45,10 +45,10 @@ def make_model(precision: str = "fp32"):
     """A ``ComirModel`` of the small preset (random weights) for 1-channel uint8 images."""
     from comir.data import DataSpec
     from comir.embed import ComirModel
-    from comir.model import CoMIRModel, tiramisu_config
+    from comir.model import EncoderPair, tiramisu_config
 
     torch.manual_seed(0)
-    net = CoMIRModel(tiramisu_config("small", 1, 1), tiramisu_config("small", 1, 1)).eval()
+    net = EncoderPair(tiramisu_config("small", 1, 1), tiramisu_config("small", 1, 1)).eval()
     spec = DataSpec(
         layout="folders",
         a="A",

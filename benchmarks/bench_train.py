@@ -27,7 +27,7 @@ import time
 import torch
 
 from comir.losses.infonce import InfoNCELoss
-from comir.model import CoMIRModel, Tiramisu, tiramisu_config
+from comir.model import EncoderPair, Tiramisu, tiramisu_config
 from comir.train import train_step
 
 PATCH = 128
@@ -39,7 +39,7 @@ def step_times(preset: str, precision: str, channels_last: bool, warmup: int, st
     torch.manual_seed(0)
     Tiramisu.cpu_channels_last = channels_last
     try:
-        model = CoMIRModel(tiramisu_config(preset, 3, 1), tiramisu_config(preset, 1, 1))
+        model = EncoderPair(tiramisu_config(preset, 3, 1), tiramisu_config(preset, 1, 1))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         loss_fn = InfoNCELoss("mse", 0.5)
@@ -99,7 +99,8 @@ def quality(epochs: int) -> None:
     from pathlib import Path
 
     from comir import samples
-    from comir.train import TrainConfig, read_metrics, train
+    from comir.run_files import read_metrics
+    from comir.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         # the shipped sentinel2 sample model's recipe: left half trains, right half validates

@@ -58,12 +58,12 @@ def make_tiny_run(run: Path, overrides: dict | None = None, latent: int = 1, see
     import torch
 
     from comir.data import DataSpec
-    from comir.model import CoMIRModel, tiramisu_config
-    from comir.train import save_weights
+    from comir.model import EncoderPair, tiramisu_config
+    from comir.runtime import save_weights
 
     overrides = TINY1 if overrides is None else overrides
     torch.manual_seed(seed)
-    model = CoMIRModel(
+    model = EncoderPair(
         tiramisu_config("small", 3, latent, **overrides),
         tiramisu_config("small", 1, latent, **overrides),
     )

@@ -263,13 +263,13 @@ def test_bf16_train_step_and_inference_are_close_to_fp32(tmp_path: Path, tiny_ru
 
     from comir.embed import load_model
     from comir.losses.infonce import InfoNCELoss
-    from comir.model import CoMIRModel, tiramisu_config
+    from comir.model import EncoderPair, tiramisu_config
     from comir.train import train_step
 
     losses = {}
     for dt in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)
-        model = CoMIRModel(
+        model = EncoderPair(
             tiramisu_config("small", 1, 1, **TINY1), tiramisu_config("small", 1, 1, **TINY1)
         )
         opt = torch.optim.SGD(model.parameters(), lr=0.0)

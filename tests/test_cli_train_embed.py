@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
+from conftest import make_textured
 
 from comir.cli import main
 from comir.io import read_image, write_image
@@ -33,10 +33,8 @@ rotate = false
 
 def make_scenes(root: Path, n: int = 2, size: int = 40) -> Path:
     """4-channel uint16 files (RGB + NIR-like band): the ``channels`` layout."""
-    rng = np.random.default_rng(0)
     for i in range(n):
-        rgb = np.stack([gaussian_filter(rng.random((size, size)), 2) for _ in range(3)], -1)
-        rgb = (rgb - rgb.min()) / np.ptp(rgb)
+        rgb = make_textured((size, size, 3), seed=i)
         nir = np.cos(4.0 * rgb[..., 1] - 2.0 * rgb[..., 0]) ** 2
         img = np.concatenate([rgb, nir[..., None]], -1)
         write_image(root / f"s{i}.tif", (img * 4095).astype(np.uint16))
@@ -133,3 +131,43 @@ def test_bad_config_key(tmp_path, capsys):
     cfg.write_text('data = "x"\nlearning_rate = 0.1\n')
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
     assert "learning_rate" in _one_line_error(capsys)
+
+
+def test_cosine_with_one_latent_channel_exits_2(tmp_path, capsys):
+    args = ["train", str(tmp_path), "--critic", "cosine", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("comir train: error:") and "--latent-channels 3" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_collapse_warning_is_one_line_in_the_cli_voice(trained, tmp_path, capsys, monkeypatch):
+    import comir.train as train_module
+
+    data, _ = trained
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(TOML)
+    monkeypatch.setattr(train_module, "COLLAPSE_LOSS", float("inf"))  # every loss "collapses"
+    args = ["train", str(data), "--layout", "channels", "--a", "0:3", "--b", "3"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--config", str(cfg), "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("comir train: warning: the contrastive loss collapsed to ")
+    assert err[0].count("comir train") == 1 and "raise --l2" in err[0]
+
+
+def test_choices_come_from_the_constants():
+    from comir.cli import build_parser
+    from comir.losses import CRITICS
+    from comir.runtime import DEVICES, PRECISIONS, TRAIN_PRECISIONS
+    from comir.train_config import OPTIMIZERS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    choices = {
+        cmd: {a.dest: tuple(a.choices) for a in sub[cmd]._actions if a.choices}
+        for cmd in ("train", "embed")
+    }
+    assert choices["train"]["critic"] == CRITICS and choices["train"]["optimizer"] == OPTIMIZERS
+    assert choices["train"]["precision"] == TRAIN_PRECISIONS
+    assert choices["embed"]["precision"] == PRECISIONS
+    assert choices["train"]["device"] == choices["embed"]["device"] == DEVICES

@@ -2,69 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import TINY1, TINY2
 
-from comir.data import DataSpec
-from comir.embed import embed_files, load_model, receptive_radius, to_uint8
+from comir.embed import embed_files, load_model, to_uint8
 from comir.errors import ComirError
 from comir.io import read_image, write_image
-from comir.model import CoMIRModel, tiramisu_config
-from comir.train import save_weights
-
-#: One pooling level: receptive radius 8 px.
-TINY1 = {"first_filters": 4, "down_layers": [1], "bottleneck_layers": 1, "growth": 4}
-#: Two pooling levels: receptive radius 20 px.
-TINY2 = {"first_filters": 4, "down_layers": [1, 1], "bottleneck_layers": 1, "growth": 4}
+from comir.model import EncoderPair, tiramisu_config
+from comir.tiling import receptive_radius
 
 
-def make_run(run: Path, overrides: dict, latent: int = 1, seed: int = 0) -> CoMIRModel:
-    """A run folder with random weights and non-trivial BN statistics."""
-    torch.manual_seed(seed)
-    model = CoMIRModel(
-        tiramisu_config("small", 3, latent, **overrides),
-        tiramisu_config("small", 1, latent, **overrides),
-    )
-    with torch.no_grad():  # move BN away from identity so the stored buffers matter
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-    spec = DataSpec(
-        layout="channels",
-        a="0:3",
-        b="3",
-        channels_a=[0, 1, 2],
-        channels_b=[3],
-        file_channels_a=4,
-        file_channels_b=4,
-        in_channels_a=3,
-        in_channels_b=1,
-        norm_a="bits:8",
-        norm_b="bits:8",
-    )
-    info = {"comir_version": "test", "model": model.config_dict(), "data": spec.to_dict()}
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(info))
-    save_weights(model, run / "model.safetensors")
-    return model.eval()
-
-
-def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """4-channel uint8 image ``(H, W, 4)`` with structure at several scales."""
-    from scipy.ndimage import gaussian_filter
-
-    rng = np.random.default_rng(seed)
-    img = np.stack([gaussian_filter(rng.random((h, w)), s) for s in (1, 2, 4, 3)], -1)
-    img = (img - img.min((0, 1))) / np.ptp(img, (0, 1))
-    return (img * 255).astype(np.uint8)
-
-
-def naive_embed(model: CoMIRModel, img: np.ndarray, modality: str) -> np.ndarray:
+def naive_embed(model: EncoderPair, img: np.ndarray, modality: str) -> np.ndarray:
     """Independent reference: select channels by hand, /255, one forward in eval mode."""
     x = img[..., :3] if modality == "a" else img[..., 3:]
     t = torch.from_numpy(x.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
@@ -72,8 +22,8 @@ def naive_embed(model: CoMIRModel, img: np.ndarray, modality: str) -> np.ndarray
         return model(t, modality)[0].permute(1, 2, 0).numpy()
 
 
-def test_load_model_matches_in_memory_model(tmp_path):
-    ref = make_run(tmp_path / "run", TINY2, latent=3)
+def test_load_model_matches_in_memory_model(tmp_path, tiny_run, scene):
+    ref = tiny_run(tmp_path / "run", TINY2, latent=3)
     m = load_model(tmp_path / "run", device="cpu")
     assert m.latent_channels == 3 and m.device == torch.device("cpu")
     img = scene(40, 52)
@@ -85,9 +35,9 @@ def test_load_model_matches_in_memory_model(tmp_path):
     np.testing.assert_array_equal(m.embed(img[..., 3], "b"), m.embed(img, "b"))
 
 
-def test_tiled_equals_whole(tmp_path):
+def test_tiled_equals_whole(tmp_path, tiny_run, scene):
     """160×200 image, tile 64 / overlap 24 with a one-pooling model (receptive radius 8)."""
-    make_run(tmp_path / "run", TINY1)
+    tiny_run(tmp_path / "run", TINY1)
     m = load_model(tmp_path / "run", device="cpu")
     assert receptive_radius(m.model.encoders["a"].config) == 8
     img = scene(160, 200)
@@ -104,7 +54,7 @@ def test_tiled_equals_whole(tmp_path):
 def test_receptive_radius_bounds_measured_extent():
     """Perturb one input pixel; outputs change only within the computed radius."""
     torch.manual_seed(0)
-    net = CoMIRModel(
+    net = EncoderPair(
         tiramisu_config("small", 1, 1, **TINY2), tiramisu_config("small", 1, 1, **TINY2)
     ).encoders["a"]
     net = net.double().eval()
@@ -120,9 +70,9 @@ def test_receptive_radius_bounds_measured_extent():
     assert extent >= receptive_radius(net.config) - 4  # the bound is not loose
 
 
-def test_tiled_equals_whole_deeper_model_odd_size(tmp_path):
+def test_tiled_equals_whole_deeper_model_odd_size(tmp_path, tiny_run, scene):
     """Two poolings (radius 20), size not a multiple of 4: overlap 2·20 + ramp suffices."""
-    make_run(tmp_path / "run", TINY2)
+    tiny_run(tmp_path / "run", TINY2)
     m = load_model(tmp_path / "run", device="cpu")
     assert receptive_radius(m.model.encoders["b"].config) == 20
     img = scene(157, 203, seed=1)
@@ -132,8 +82,8 @@ def test_tiled_equals_whole_deeper_model_odd_size(tmp_path):
     assert np.abs(tiled - whole).max() / whole.std() < 1e-4
 
 
-def test_embed_batch_matches_single(tmp_path):
-    make_run(tmp_path / "run", TINY1)
+def test_embed_batch_matches_single(tmp_path, tiny_run, scene):
+    tiny_run(tmp_path / "run", TINY1)
     m = load_model(tmp_path / "run", device="cpu")
     imgs = [scene(32, 40, 0), scene(24, 24, 1), scene(32, 40, 2)]
     out = m.embed_batch(imgs, "a")
@@ -154,8 +104,8 @@ def test_to_uint8():
     assert not to_uint8(np.full((2, 2, 1), 5.0)).any()  # constant -> 0, no NaN
 
 
-def test_embed_files_formats_and_skip(tmp_path):
-    make_run(tmp_path / "run", TINY1)
+def test_embed_files_formats_and_skip(tmp_path, tiny_run, scene):
+    tiny_run(tmp_path / "run", TINY1)
     m = load_model(tmp_path / "run", device="cpu")
     img = scene(36, 44)
     src = write_image(tmp_path / "in" / "x.tif", img)
@@ -176,8 +126,8 @@ def test_embed_files_formats_and_skip(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
-def test_errors(tmp_path, monkeypatch):
-    make_run(tmp_path / "run", TINY1)
+def test_errors(tmp_path, monkeypatch, tiny_run, scene):
+    tiny_run(tmp_path / "run", TINY1)
     m = load_model(tmp_path / "run", device="cpu")
     with pytest.raises(ComirError, match="x.tif: has 2 channel"):
         m.embed(np.zeros((16, 16, 2), np.uint8), "a", where="x.tif")
@@ -198,17 +148,49 @@ def test_errors(tmp_path, monkeypatch):
     with pytest.raises(ComirError, match="corrupt run configuration"):
         load_model(bad)
     # weights of a different architecture
-    make_run(tmp_path / "other", TINY2)
+    tiny_run(tmp_path / "other", TINY2)
     (bad / "config.json").write_text((tmp_path / "run" / "config.json").read_text())
     (bad / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
     with pytest.raises(ComirError, match="do not match"):
         load_model(bad)
 
 
-def test_sample_reference(tmp_path, monkeypatch):
+def test_sample_reference(tmp_path, monkeypatch, tiny_run):
     from comir import samples
 
-    make_run(tmp_path / "run", TINY1)
+    tiny_run(tmp_path / "run", TINY1)
     monkeypatch.setattr(samples, "model_dir", lambda name: tmp_path / "run")
     m = load_model("sample:whatever", device="cpu")
     assert m.latent_channels == 1
+
+
+def test_inference_does_not_import_training():
+    """Every ``comir`` module that ``comir.embed`` can import (also lazily, inside
+    functions), followed transitively through the source: ``comir.train`` is not one."""
+    import ast
+    import importlib.util
+
+    def spec(name: str):
+        try:
+            return importlib.util.find_spec(name)
+        except (ImportError, AttributeError):  # "package.function": not a module
+            return None
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse(open(spec(name).origin).read())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        return {n for n in found if n.startswith("comir") and spec(n)}
+
+    seen, todo = set(), ["comir.embed"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += imports(name)
+    assert {"comir.runtime", "comir.model", "comir.input_stats"} <= seen
+    assert not {"comir.train", "comir.train_config", "comir.run_files"} & seen

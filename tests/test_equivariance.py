@@ -74,14 +74,8 @@ def test_c4_encode_rotates_a_non_equivariant_encoder() -> None:
     torch.testing.assert_close(out[k == 0], plain[k == 0])
 
 
-def _smooth_image(h: int = 64, w: int = 72, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = ndimage.gaussian_filter(rng.standard_normal((h, w)), 3.0)
-    return ((img - img.min()) / np.ptp(img)).astype(np.float32)
-
-
-def test_rotate_image_quarter_turn_and_identity() -> None:
-    img = _smooth_image(33, 33)
+def test_rotate_image_quarter_turn_and_identity(textured) -> None:
+    img = textured((33, 33), sigma=3.0).astype(np.float32)
     np.testing.assert_allclose(rotate_image(img, 0.0), img, atol=1e-6)
     # +90° turns clockwise on screen (y down): out[r, c] = img[S-1-c, r]
     np.testing.assert_allclose(rotate_image(img, 90.0), np.rot90(img, -1), atol=1e-5)
@@ -90,8 +84,8 @@ def test_rotate_image_quarter_turn_and_identity() -> None:
     assert out.shape == rgb.shape and out.dtype == rgb.dtype
 
 
-def test_equivariance_correlation_pointwise_vs_gradient() -> None:
-    img = _smooth_image()
+def test_equivariance_correlation_pointwise_vs_gradient(textured) -> None:
+    img = textured((64, 72), sigma=3.0).astype(np.float32)
     angles = [0.0, 90.0, 45.0, 17.0]
     corr = equivariance_correlation(lambda a: np.tanh(4.0 * a - 2.0), img, angles)
     assert corr.shape == (4,)

@@ -186,6 +186,7 @@ def _distributed_worker(rank: int, world: int, init: str, z_a, z_b, out) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gather_distributed_two_processes(tmp_path) -> None:
     world = 2
     z_a, z_b = _maps(4, 1, seed=21, h=4, w=4)
@@ -206,3 +207,13 @@ def test_gather_distributed_two_processes(tmp_path) -> None:
         # Each process holds world × the global gradient of its local part; DDP then averages.
         torch.testing.assert_close(ga, world * za.grad[r * n : (r + 1) * n])
         torch.testing.assert_close(gb, world * zb.grad[r * n : (r + 1) * n])
+
+
+def test_one_temperature_default() -> None:
+    from comir.losses import DEFAULT_TAU
+    from comir.train import TrainConfig
+
+    assert DEFAULT_TAU == 0.5 == TrainConfig(data="x").tau == InfoNCELoss().tau
+    z_a, z_b = _maps(3, 2, seed=4)
+    assert float(info_nce(z_a, z_b)) == float(info_nce(z_a, z_b, "mse", 0.5))
+    assert float(info_nce_stats(z_a, z_b)[0]) == float(info_nce(z_a, z_b, "mse", 0.5))

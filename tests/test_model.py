@@ -12,7 +12,7 @@ from torch import nn
 from comir.errors import ComirError
 from comir.model import (
     PRESETS,
-    CoMIRModel,
+    EncoderPair,
     Tiramisu,
     TiramisuConfig,
     count_parameters,
@@ -26,7 +26,7 @@ def tiny(in_channels: int = 2, **kw) -> TiramisuConfig:
 
 
 def expected_parameters(cfg: TiramisuConfig) -> int:
-    """Parameter count derived by hand from the architecture description (SPEC §2)."""
+    """Parameter count derived by hand from the architecture (Jégou et al. 2017, Table 1)."""
     g = cfg.growth
 
     def dense(c: int, n: int) -> int:  # BN (2c') + 3x3 conv (c'·g·9 + g) for each layer
@@ -148,10 +148,10 @@ def test_paper_preset_runs() -> None:
 def test_config_roundtrip_and_comir_model() -> None:
     cfg_a = tiramisu_config("small", 3, 1, growth=8)
     cfg_b = tiramisu_config("small", 1, 1, up_layers=(1, 2, 3))
-    model = CoMIRModel(cfg_a, cfg_b)
+    model = EncoderPair(cfg_a, cfg_b)
     d = json.loads(json.dumps(model.config_dict()))
     assert d["a"]["growth"] == 8 and d["b"]["up_layers"] == [1, 2, 3]
-    clone = CoMIRModel.from_config_dict(d)
+    clone = EncoderPair.from_config_dict(d)
     assert clone.config_dict() == model.config_dict()
     assert {k: v.shape for k, v in clone.state_dict().items()} == {
         k: v.shape for k, v in model.state_dict().items()

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from test_embed import TINY1, TINY2, make_run, scene
+from conftest import TINY1, TINY2, make_scene, make_tiny_run
 
 import comir.embed as embed_mod
 from comir.cli import main
-from comir.embed import embed_files, load_model, plan_tiles
+from comir.embed import embed_files, load_model
 from comir.io import read_image, write_image
+from comir.tiling import plan_tiles
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -22,11 +23,12 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_exact_overlap_of_presets():
-    from comir.embed import ComirModel, receptive_radius
-    from comir.model import CoMIRModel, tiramisu_config
+    from comir.embed import ComirModel
+    from comir.model import EncoderPair, tiramisu_config
+    from comir.tiling import receptive_radius
 
     for preset, radius, overlap in (("small", 74, 160), ("paper", 950, 1984)):
-        net = CoMIRModel(tiramisu_config(preset, 1, 1), tiramisu_config(preset, 1, 1))
+        net = EncoderPair(tiramisu_config(preset, 1, 1), tiramisu_config(preset, 1, 1))
         m = ComirModel(net, None, {}, torch.device("cpu"))
         assert receptive_radius(net.encoders["a"].config) == radius
         mult = net.encoders["a"].multiple
@@ -49,9 +51,9 @@ def test_plan_weights_sum_to_one_and_vanish_near_interior_edges():
 
 
 def test_default_overlap_is_exact_and_too_small_is_not(tmp_path: Path):
-    make_run(tmp_path / "run", TINY2, latent=2)
+    make_tiny_run(tmp_path / "run", TINY2, latent=2)
     m = load_model(tmp_path / "run", device="cpu")
-    img = scene(100, 117, seed=4)
+    img = make_scene(100, 117, seed=4)
     whole = m.embed(img, "a", max_pixels=None)
     tiled = m.embed(img, "a", tile=m.exact_overlap() + 8)  # overlap=None: exact
     assert rel_err(tiled, whole) < 1e-4
@@ -63,17 +65,17 @@ def test_small_preset_default_tiling_is_exact(tmp_path: Path):
     """The preset the issue is about: radius 74 px, default overlap 160 px."""
     from comir.data import DataSpec
     from comir.embed import ComirModel
-    from comir.model import CoMIRModel, tiramisu_config
+    from comir.model import EncoderPair, tiramisu_config
 
     torch.manual_seed(0)
-    net = CoMIRModel(tiramisu_config("small", 1, 1), tiramisu_config("small", 1, 1)).eval()
+    net = EncoderPair(tiramisu_config("small", 1, 1), tiramisu_config("small", 1, 1)).eval()
     spec = DataSpec(
         layout="folders", a="A", b="B", channels_a=None, channels_b=None,
         file_channels_a=1, file_channels_b=1, in_channels_a=1, in_channels_b=1,
         norm_a="bits:8", norm_b="bits:8",
     )  # fmt: skip
     m = ComirModel(net, spec, {}, torch.device("cpu"))
-    img = scene(345, 333, seed=1)[..., 0]
+    img = make_scene(345, 333, seed=1)[..., 0]
     whole = m.embed(img, "a", max_pixels=None)
     tiled = m.embed(img, "a", tile=256)  # 2×2 tiles with the 160 px default overlap
     assert rel_err(tiled, whole) < 1e-4
@@ -81,9 +83,9 @@ def test_small_preset_default_tiling_is_exact(tmp_path: Path):
 
 def test_bands_are_bounded_by_the_tile(tmp_path: Path):
     """The engine only ever asks for ≤ tile (+ padding) rows and writes every row once."""
-    make_run(tmp_path / "run", TINY1)
+    make_tiny_run(tmp_path / "run", TINY1)
     m = load_model(tmp_path / "run", device="cpu")
-    img = scene(301, 97, seed=2)
+    img = make_scene(301, 97, seed=2)
     x = m.data.prepare(img, "b")
     reads, writes = [], []
     out = np.zeros((301, 97, 1), np.float32)
@@ -105,9 +107,9 @@ def test_bands_are_bounded_by_the_tile(tmp_path: Path):
 
 
 def test_auto_tiling_above_max_pixels(tmp_path: Path, monkeypatch):
-    make_run(tmp_path / "run", TINY1)
+    make_tiny_run(tmp_path / "run", TINY1)
     m = load_model(tmp_path / "run", device="cpu")
-    img = scene(90, 100, seed=3)
+    img = make_scene(90, 100, seed=3)
     calls = []
     orig = embed_mod.ComirModel.embed_rows
 
@@ -125,9 +127,9 @@ def test_auto_tiling_above_max_pixels(tmp_path: Path, monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["tif", "npy"])
 def test_streamed_file_embedding_equals_whole(tmp_path: Path, fmt: str):
-    make_run(tmp_path / "run", TINY2, latent=3)
+    make_tiny_run(tmp_path / "run", TINY2, latent=3)
     m = load_model(tmp_path / "run", device="cpu")
-    img = scene(211, 150, seed=5)
+    img = make_scene(211, 150, seed=5)
     src = tmp_path / "big.tif"
     tifffile.imwrite(src, img, tile=(32, 32), compression="zlib", photometric="rgb",
                      extrasamples=["unspecified"])  # fmt: skip
@@ -143,8 +145,8 @@ def test_streamed_file_embedding_equals_whole(tmp_path: Path, fmt: str):
 
 
 def test_cli_embed_tile_and_auto(tmp_path: Path, capsys):
-    make_run(tmp_path / "run", TINY1)
-    img = scene(120, 90, seed=6)
+    make_tiny_run(tmp_path / "run", TINY1)
+    img = make_scene(120, 90, seed=6)
     write_image(tmp_path / "im.tif", img)
     args = ["embed", str(tmp_path / "run"), str(tmp_path / "im.tif"), "--modality", "b"]
     assert main([*args, "--out", str(tmp_path / "w"), "--max-pixels", "0", "--quiet"]) == 0

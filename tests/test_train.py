@@ -9,33 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY1, make_textured
 from safetensors.torch import load_file
-from scipy.ndimage import gaussian_filter
 
 import comir.train as train_module
-from comir.errors import ComirError
+from comir.errors import ComirError, ComirWarning
 from comir.io import write_image
-from comir.train import (
-    METRIC_COLUMNS,
-    TrainConfig,
-    build_model,
-    load_checkpoint,
-    make_optimizer,
-    read_metrics,
-    resolve_device,
-    train,
-    train_step,
-)
-
-TINY = {"first_filters": 4, "down_layers": [1], "bottleneck_layers": 1, "growth": 4}
+from comir.run_files import METRIC_COLUMNS, load_checkpoint, read_metrics
+from comir.runtime import resolve_device
+from comir.train import TrainConfig, build_model, make_optimizer, train, train_step
 
 
 def make_data(root: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:
     """Aligned pairs: A smooth RGB uint8, B = a non-monotonic function of A (grey)."""
-    rng = np.random.default_rng(seed)
     for i in range(n):
-        a = np.stack([gaussian_filter(rng.random((size, size)), 2.5) for _ in range(3)], -1)
-        a = (a - a.min()) / (a.max() - a.min())
+        a = make_textured((size, size, 3), seed=seed + i, sigma=2.5)
         b = np.sin(3.0 * np.pi * a.mean(-1)) ** 2
         write_image(root / "A" / f"im{i}.tif", (a * 255).astype(np.uint8))
         write_image(root / "B" / f"im{i}.tif", (b * 255).astype(np.uint8))
@@ -45,7 +33,7 @@ def make_data(root: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:
 def tiny_config(data: Path, **kw) -> TrainConfig:
     base = dict(
         data=str(data),
-        model_overrides=dict(TINY),
+        model_overrides=dict(TINY1),
         batch_size=6,
         patch_size=32,
         steps=4,
@@ -120,7 +108,7 @@ def test_train_step_clips_gradient_norm(data):
 
 
 def test_loss_decreases_and_run_folder(data, tmp_path):
-    from comir.model import CoMIRModel, count_parameters
+    from comir.model import EncoderPair, count_parameters
 
     cfg = tiny_config(data, steps=30, steps_per_epoch=10, val_fraction=0.34)
     run = train(cfg, tmp_path / "run", progress=False)
@@ -136,9 +124,9 @@ def test_loss_decreases_and_run_folder(data, tmp_path):
     assert (run / "loss.png").stat().st_size > 1000
 
     info = json.loads((run / "config.json").read_text())
-    assert set(info) == {"comir_version", "model", "data", "train", "parameters"}
+    assert set(info) == {"comir_version", "model", "data", "input_stats", "train", "parameters"}
     assert TrainConfig.from_dict(info["train"]) == cfg
-    model = CoMIRModel.from_config_dict(info["model"])
+    model = EncoderPair.from_config_dict(info["model"])
     assert info["parameters"] == count_parameters(model)
     assert info["data"]["in_channels_a"] == 3 and info["data"]["in_channels_b"] == 1
 
@@ -157,7 +145,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_gives_identical_weights(data, tmp_path, monkeypatch):
     """4 steps straight == 2 steps, interruption, resume 2 (dropout and C4 on)."""
-    cfg = tiny_config(data, model_overrides={**TINY, "dropout": 0.2}, augment={})
+    cfg = tiny_config(data, model_overrides={**TINY1, "dropout": 0.2}, augment={})
     straight = train(cfg, tmp_path / "straight", progress=False)
 
     calls = {"n": 0}
@@ -233,7 +221,7 @@ def test_collapse_warning(data, tmp_path, monkeypatch):
         return {"loss": 1e-6, "pos_sim": 0.0, "neg_sim": -50.0, "gap": 50.0, "out_std": 40.0}
 
     monkeypatch.setattr(train_module, "train_step", collapsed)
-    with pytest.warns(RuntimeWarning, match="collapsed"):
+    with pytest.warns(ComirWarning, match="^the contrastive loss collapsed"):
         train(tiny_config(data, steps=12, steps_per_epoch=12), tmp_path / "run", progress=False)
 
 
@@ -243,12 +231,51 @@ def test_lazy_exports():
 
     import comir
 
-    light = subprocess.run(
-        [sys.executable, "-c", "import sys, comir; print('torch' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert light.stdout.strip() == "False"  # `import comir` alone does not load torch
+    code = "import sys, comir, comir.cli; comir.cli.build_parser(); print('torch' in sys.modules)"
+    light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert light.stdout.strip() == "False"  # `import comir` and the CLI parser skip torch
     assert callable(comir.load_model)
     assert comir.load_model.__module__ == "comir.embed"
+
+
+def test_cosine_critic_needs_more_than_one_latent_channel():
+    with pytest.raises(ComirError, match=r"--latent-channels 3") as info:
+        TrainConfig(data="x", critic="cosine").validate()
+    assert "\n" not in str(info.value)
+    TrainConfig(data="x", critic="cosine", latent_channels=3).validate()  # fine with L = 3
+    TrainConfig(data="x", critic="mse").validate()  # and other critics keep L = 1
+
+
+def test_cosine_of_scalar_maps_has_zero_gradient():
+    """Why: for L = 1 the per-pixel cosine is sign(x)·sign(y), piecewise constant."""
+    from comir.losses import info_nce, similarity_matrix
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 1, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    sim = similarity_matrix(z, "cosine")
+    signs = torch.sign(z.detach()).reshape(6, -1)
+    torch.testing.assert_close(sim.detach(), signs @ signs.T / 20)  # analytic value
+    (grad,) = torch.autograd.grad(sim.sum(), z)
+    assert grad.abs().max() < 1e-12
+    (grad,) = torch.autograd.grad(info_nce(z[:3], z[3:], "cosine"), z)
+    assert grad.abs().max() < 1e-12
+    z3 = torch.randn(6, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    (grad3,) = torch.autograd.grad(info_nce(z3[:3], z3[3:], "cosine"), z3)
+    assert grad3.abs().max() > 1e-3  # with three channels the critic does carry a gradient
+
+
+def test_config_records_training_input_statistics(data, tmp_path):
+    """Statistics of the prepared training inputs, checked against plain numpy."""
+    from comir.io import read_image
+
+    run = train(tiny_config(data, steps=1, steps_per_epoch=1), tmp_path / "run", progress=False)
+    stats = json.loads((run / "config.json").read_text())["input_stats"]
+    files = sorted((data / "A").glob("*.tif"))
+    a = np.concatenate([read_image(f).reshape(-1, 3) / 255.0 for f in files])
+    b = np.concatenate([read_image(data / "B" / f.name).reshape(-1, 1) / 255.0 for f in files])
+    for got, x in ((stats["a"], a), (stats["b"], b)):
+        assert got["pixels"] == x.shape[0]
+        np.testing.assert_allclose(got["mean"], x.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["std"], x.std(0), rtol=1e-5, atol=1e-6)
+        for key, q in (("p1", 1), ("p50", 50), ("p99", 99)):
+            np.testing.assert_allclose(got[key], np.percentile(x, q, axis=0), rtol=1e-5, atol=1e-6)

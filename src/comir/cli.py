@@ -40,6 +40,10 @@ _TRAIN_FLAGS = (
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from comir.losses import CRITICS, DEFAULT_TAU
+    from comir.runtime import DEVICES, TRAIN_PRECISIONS
+    from comir.train_config import OPTIMIZERS
+
     # Defaults are None so that flags given explicitly can override --config / a resumed run.
     p.add_argument("data", nargs="?", metavar="DATA", help="training data folder")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to create")
@@ -55,19 +59,19 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-per-epoch", type=int, metavar="S", help="steps per epoch (32)")
     p.add_argument("--batch-size", type=int, help="pairs per batch (16)")
     p.add_argument("--patch-size", type=int, help="patch side in pixels (128)")
-    p.add_argument("--critic", choices=("mse", "cosine", "l1", "euclidean"), help="(mse)")
-    p.add_argument("--tau", type=float, help="InfoNCE temperature (0.5)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), help="(adam)")
+    p.add_argument("--critic", choices=CRITICS, help="(mse; cosine needs --latent-channels 3)")
+    p.add_argument("--tau", type=float, help=f"InfoNCE temperature ({DEFAULT_TAU})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="(adam)")
     p.add_argument("--lr", type=float, help="learning rate (1e-3)")
     p.add_argument("--weight-decay", type=float, help="(1e-4)")
     p.add_argument("--l1", type=float, help="L1 activation decay (1e-4)")
     p.add_argument("--l2", type=float, help="L2 activation decay (0.1)")
     p.add_argument("--latent-channels", type=int, metavar="L", help="representation channels (1)")
     p.add_argument("--seed", type=int, help="weight and data seed (0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="(auto)")
+    p.add_argument("--device", choices=DEVICES, help="(auto)")
     p.add_argument("--workers", type=int, help="data loading processes (0)")
     p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16", "fp16"),
+        "--precision", choices=TRAIN_PRECISIONS,
         help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16: autocast (~2x faster steps on "
         "CPUs with AMX/AVX512-BF16) (auto)",
     )  # fmt: skip
@@ -114,7 +118,8 @@ def _train_command(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from comir.train import TrainConfig, read_metrics, train
+    from comir.run_files import read_metrics
+    from comir.train import TrainConfig, train
 
     opts: dict = {}
     stored = Path(args.out) / "config.json"
@@ -155,6 +160,8 @@ def _train_command(args: argparse.Namespace) -> int:
 
 
 def _embed_arguments(p: argparse.ArgumentParser) -> None:
+    from comir.runtime import DEVICES, PRECISIONS
+
     p.add_argument("run", metavar="RUN", help="run folder of `comir train` or sample:<name>")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
     p.add_argument("--modality", required=True, type=str.lower, choices=("a", "b"))
@@ -172,14 +179,14 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--shard", metavar="I/N", help="embed only part I (0-based) of N of the inputs")
     p.add_argument(
-        "--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+        "--precision", default="fp32", choices=PRECISIONS,
         help="inference precision (fp32; bf16 is ~2.5x faster on CPUs with AMX/AVX512-BF16)",
     )  # fmt: skip
     p.add_argument(
         "--compile", action="store_true",
         help="torch.compile the encoder (slow start, faster for many equal tiles/patches)",
     )  # fmt: skip
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

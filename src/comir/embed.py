@@ -6,15 +6,13 @@ the :class:`comir.data.DataSpec` that prepares raw images exactly as in training
 
 Tiled inference
 ---------------
-Large images are split into ``tile × tile`` windows whose origins lie on the network's
-pooling grid (multiples of ``2 ** len(down_layers)``) of the image reflect-padded at the
-bottom/right exactly as the encoder pads a whole image, so every tile sees the same
-pixels and pooling cells as the whole-image pass. Tile outputs are blended with separable
-weights that are zero within ``margin`` pixels of a tile edge that lies inside the image
-and rise with a raised cosine over the rest of the overlap, normalised to sum to 1.
-When ``overlap > 2 * radius`` (:func:`receptive_radius`; 8 px for a one-pooling toy model,
-74 px for the ``small`` preset, 950 px for ``paper``) the margin is the full radius and
-the tiled result equals the whole-image result up to float rounding everywhere, including
+Large images are split into ``tile × tile`` windows on the network's pooling grid of the
+image padded exactly as the encoder pads a whole image, and the tile outputs are blended
+with weights that vanish within ``margin`` pixels of interior tile edges
+(:func:`comir.tiling.plan_tiles`). When ``overlap > 2 * radius``
+(:func:`comir.tiling.receptive_radius`; 8 px for a one-pooling toy model, 74 px for the
+``small`` preset, 950 px for ``paper``) the margin is the full radius and the tiled
+result equals the whole-image result up to float rounding everywhere, including
 the image border (there is no border band: image edges are treated identically in both
 passes). ``overlap=None`` (the default) picks the smallest such overlap for the loaded
 model (:meth:`ComirModel.exact_overlap`: 160 px for ``small``, 1984 px for ``paper``).
@@ -47,7 +45,10 @@ import numpy as np
 import torch
 
 from comir.errors import ComirError
+from comir.input_stats import STATS_KEY, check_input
 from comir.io import IMAGE_SUFFIXES, write_image
+from comir.runtime import autocast_dtype, check_precision
+from comir.tiling import TilePlan, pad_index, plan_tiles, receptive_radius
 
 FORMATS = ("tif", "png", "npy")
 #: Images with more pixels than this are tiled automatically (whole-image inference of the
@@ -57,143 +58,18 @@ MAX_PIXELS = 4 * 2**20
 DEFAULT_TILE = 1024
 #: Pixels encoded per forward pass when tiling (several small tiles share one pass).
 TILE_BATCH_PIXELS = 2**20
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def receptive_radius(config) -> int:
-    """Upper bound of the receptive-field radius (px) of a :class:`~comir.model.Tiramisu`.
-
-    Follows the deepest path: each 3×3 conv at scale ``s`` adds ``s``, each 2×2 max-pool
-    adds ``s`` and doubles the scale, each nearest ×2 upsample adds ``s/2`` and halves it.
-    """
-    r, s = 1, 1  # first 3×3 conv
-    for n in config.down_layers:
-        r += n * s + s
-        s *= 2
-    r += config.bottleneck_layers * s
-    up = config.up_layers if config.up_layers is not None else tuple(reversed(config.down_layers))
-    for n in up:
-        s //= 2
-        r += s + s + n * s  # upsample, 3×3 conv, dense block
-    return int(r)
-
-
-def _window(n: int, lead: bool, trail: bool, overlap: int, margin: int) -> np.ndarray:
-    """1-D blending weights ``(n,)`` of a tile; ``lead``/``trail``: that edge is interior."""
-    d = np.arange(n, dtype=np.float64)
-    ramp = max(overlap - 2 * margin, 1)
-
-    def rise(dist: np.ndarray) -> np.ndarray:
-        t = np.clip((dist - margin + 0.5) / ramp, 0.0, 1.0)
-        return np.sin(0.5 * math.pi * t) ** 2
-
-    w = np.ones(n)
-    if lead:
-        w *= rise(d)
-    if trail:
-        w *= rise(n - 1 - d)
-    return w
-
-
-def _starts(size: int, tile: int, stride: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return starts
-
-
-def _pad_index(n_out: int, n: int, mode: str) -> np.ndarray:
-    """Source index of each of ``n_out >= n`` positions after bottom/right padding.
-
-    Matches ``F.pad(..., mode="reflect" | "replicate")`` as used by the encoder.
-    """
-    i = np.arange(n_out)
-    if mode == "reflect":
-        return np.where(i < n, i, 2 * (n - 1) - i)
-    return np.minimum(i, n - 1)
-
-
-@dataclass
-class TilePlan:
-    """Tile layout of one axis pair: origins, sizes and normalised blending weights.
-
-    Attributes
-    ----------
-    ys, xs : list of int
-        Tile origins in the padded image (multiples of the pooling factor).
-    th, tw : int
-        Tile height and width.
-    hp, wp : int
-        Padded image size (multiples of the pooling factor).
-    wy, wx : list of ndarray
-        Per-tile 1-D weights ``(th,)``/``(tw,)``; ``Σ_i wy[i]`` is 1 on every row and
-        ``Σ_j wx[j]`` on every column, so the 2-D weights ``wy ⊗ wx`` sum to 1.
-    overlap, margin : int
-        Effective overlap and the zero-weight band at interior tile edges.
-    """
-
-    ys: list[int]
-    xs: list[int]
-    th: int
-    tw: int
-    hp: int
-    wp: int
-    wy: list[np.ndarray]
-    wx: list[np.ndarray]
-    overlap: int
-    margin: int
-
-
-def _normalised_windows(
-    starts: list[int], n: int, size: int, overlap: int, margin: int
-) -> list[np.ndarray]:
-    ws = [_window(n, s > 0, s + n < size, overlap, margin) for s in starts]
-    total = np.zeros(size)
-    for s, w in zip(starts, ws):
-        total[s : s + n] += w
-    return [(w / total[s : s + n]).astype(np.float32) for s, w in zip(starts, ws)]
-
-
-def plan_tiles(
-    height: int, width: int, tile: int, overlap: int, multiple: int, radius: int
-) -> TilePlan:
-    """Lay out tiles for an ``height × width`` image (see the module docstring).
-
-    ``tile`` is rounded up to ``multiple``, the stride down to it; ``overlap > 2 * radius``
-    gives an exact result (margin = radius), smaller overlaps an approximate one.
-    """
-    if tile < 1 or overlap < 0 or overlap >= tile:
-        raise ComirError(f"invalid tiling tile={tile}, overlap={overlap}; need tile > overlap >= 0")
-    mult = int(multiple)
-    tile = -(-tile // mult) * mult
-    stride = max(mult, (tile - overlap) // mult * mult)
-    overlap = tile - stride
-    if overlap > 2 * radius:
-        margin = radius
-    else:  # approximate: keep a smooth ramp over a quarter of the overlap
-        ramp = max(overlap // 4, 1)
-        margin = max((overlap - ramp) // 2, 0)
-    hp, wp = height + (-height) % mult, width + (-width) % mult
-    th, tw = min(tile, hp), min(tile, wp)
-    ys, xs = _starts(hp, th, stride), _starts(wp, tw, stride)
-    return TilePlan(
-        ys=ys,
-        xs=xs,
-        th=th,
-        tw=tw,
-        hp=hp,
-        wp=wp,
-        wy=_normalised_windows(ys, th, hp, overlap, margin),
-        wx=_normalised_windows(xs, tw, wp, overlap, margin),
-        overlap=overlap,
-        margin=margin,
-    )
 
 
 @dataclass
 class ComirModel:
-    """A trained model pair with its input preparation, ready for inference."""
+    """A trained model pair with its input preparation, ready for inference.
+
+    ``model`` is the :class:`comir.model.EncoderPair`, ``data`` the
+    :class:`comir.data.DataSpec` that prepares raw images as in training, ``config`` the
+    run's ``config.json``. Inputs whose prepared intensities lie far outside the training
+    data recorded there are reported with one warning per image
+    (:mod:`comir.input_stats`).
+    """
 
     model: torch.nn.Module
     data: object  # comir.data.DataSpec
@@ -208,6 +84,17 @@ class ComirModel:
     #: for many equal tiles or patches; measured in benchmarks/notes.md).
     compile: bool = False
     _compiled: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def input_stats(self) -> dict | None:
+        """Training input statistics of the run (``None`` for runs made without them)."""
+        return self.config.get(STATS_KEY) if isinstance(self.config, dict) else None
+
+    def check_input(self, x: np.ndarray, modality: str, where: str = "") -> bool:
+        """Warn once if prepared input ``x`` ``(H, W, C)`` of ``modality`` lies far outside
+        the training data (:func:`comir.input_stats.check_input`); returns whether it did."""
+        norm = str(getattr(self.data, f"norm_{modality}", ""))
+        return check_input(x, self.input_stats, modality, where, norm)
 
     @property
     def latent_channels(self) -> int:
@@ -235,15 +122,22 @@ class ComirModel:
         need = 2 * self.receptive_radius(m) + mult
         return -(-need // mult) * mult
 
-    def _prepare(self, image: np.ndarray, modality: str, where: str) -> torch.Tensor:
-        x = self.data.prepare(image, modality, where=where)  # (H, W, C) float32
+    def _prepare(self, image: np.ndarray, modality: str, where: str) -> np.ndarray:
+        """Prepared ``(H, W, C)`` float32 input, checked against the training data."""
+        x = self.data.prepare(image, modality, where=where)
+        self.check_input(x, modality, where)
+        return x
+
+    @staticmethod
+    def _to_tensor(x: np.ndarray) -> torch.Tensor:
+        """``(H, W, C)`` -> ``(1, C, H, W)``."""
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         """``(B, C, H, W)`` on CPU -> ``(B, L, H, W)`` float32 on CPU."""
         self.model.eval()
-        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        dt = autocast_dtype(self.precision)
         net = self.model.encoders[modality]
         if self.compile:
             if modality not in self._compiled:
@@ -278,7 +172,7 @@ class ComirModel:
             Overlap of neighbouring tiles; ``None`` uses :meth:`exact_overlap` (tiled ==
             whole-image output, see the module docstring).
         where : str
-            File name used in error messages.
+            File name used in error messages and the out-of-distribution warning.
         max_pixels : int, optional
             Larger images are tiled with ``tile or DEFAULT_TILE``; ``None`` never tiles
             automatically.
@@ -291,10 +185,10 @@ class ComirModel:
         m = self._check_modality(modality)
         h, w = image.shape[:2]
         tile = self._auto_tile(h, w, tile, max_pixels, m)
+        x = self._prepare(image, m, where)
         if tile is None or (tile >= h and tile >= w):
-            z = self._forward(self._prepare(image, m, where), m)
+            z = self._forward(self._to_tensor(x), m)
             return np.ascontiguousarray(z[0, :, :h, :w].permute(1, 2, 0).numpy(), dtype=np.float32)
-        x = self.data.prepare(image, m, where=where)  # (H, W, C) float32
         out = np.empty((h, w, self.latent_channels), dtype=np.float32)
 
         def sink(r0: int, rows: np.ndarray) -> None:
@@ -351,23 +245,12 @@ class ComirModel:
         ``max(1, TILE_BATCH_PIXELS // tile²)`` tiles.
         """
         m = self._check_modality(modality)
-        enc = self.model.encoders[m]
         h, w = (int(v) for v in shape)
-        if overlap is None:
-            overlap = self.exact_overlap(m)
-            if tile <= overlap:
-                raise ComirError(
-                    f"--tile {tile} is too small for this model: exact tiling needs an overlap "
-                    f"of {overlap} px; use --tile {2 * overlap} or more (or set --overlap)"
-                )
-        mult = int(enc.multiple)
-        plan = plan_tiles(h, w, int(tile), int(overlap), mult, receptive_radius(enc.config))
-        ph, pw = plan.hp - h, plan.wp - w
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        row_map, col_map = _pad_index(plan.hp, h, mode), _pad_index(plan.wp, w, mode)
-        th, tw, n_lat = plan.th, plan.tw, self.latent_channels
-        per_pass = max(1, TILE_BATCH_PIXELS // (th * tw))
-        acc = np.zeros((th, plan.wp, n_lat), dtype=np.float32)
+        plan = self._plan(h, w, m, tile, overlap)
+        mode = "reflect" if plan.hp - h < h and plan.wp - w < w else "replicate"
+        row_map, col_map = pad_index(plan.hp, h, mode), pad_index(plan.wp, w, mode)
+        n_lat = self.latent_channels
+        acc = np.zeros((plan.th, plan.wp, n_lat), dtype=np.float32)
         top = 0  # padded row held by acc[0]; rows above it are written
 
         def flush(until: int) -> None:
@@ -382,30 +265,55 @@ class ComirModel:
         for i, y in enumerate(plan.ys):
             if y > top:
                 flush(y)
-            idx = row_map[y : y + th]
+            idx = row_map[y : y + plan.th]
             r0 = int(idx.min())
             band = np.asarray(read_rows(r0, int(idx.max()) + 1), dtype=np.float32)
             band = band[idx - r0][:, col_map]  # (th, wp, C), padded like the encoder pads
-            xt = torch.from_numpy(np.ascontiguousarray(band.transpose(2, 0, 1)))
-            for k in range(0, len(plan.xs), per_pass):
-                cols = plan.xs[k : k + per_pass]
-                z = self._forward(torch.stack([xt[:, :, c : c + tw] for c in cols]), m)
-                z = z.permute(0, 2, 3, 1).numpy()  # (b, th, tw, L)
-                for j, (c, zt) in enumerate(zip(cols, z)):
-                    wt = np.outer(plan.wy[i], plan.wx[k + j])[..., None]
-                    acc[:, c : c + tw] += zt * wt
-                    if progress is not None:
-                        progress.update(1)
+            self._encode_tile_row(band, plan, i, m, acc, progress)
         flush(plan.hp)
         return plan
 
-    def embed_batch(self, images: Sequence[np.ndarray], modality: str) -> list[np.ndarray]:
+    def _plan(self, h: int, w: int, modality: str, tile: int, overlap: int | None) -> TilePlan:
+        """The tile layout of an ``h × w`` image; ``overlap=None``: the exact overlap."""
+        enc = self.model.encoders[modality]
+        if overlap is None:
+            overlap = self.exact_overlap(modality)
+            if tile <= overlap:
+                raise ComirError(
+                    f"--tile {tile} is too small for this model: exact tiling needs an overlap "
+                    f"of {overlap} px; use --tile {2 * overlap} or more (or set --overlap)"
+                )
+        radius = receptive_radius(enc.config)
+        return plan_tiles(h, w, int(tile), int(overlap), int(enc.multiple), radius)
+
+    def _encode_tile_row(
+        self, band: np.ndarray, plan: TilePlan, i: int, modality: str, acc: np.ndarray, progress
+    ) -> None:
+        """Encode tile row ``i`` of the padded input ``band`` ``(th, wp, C)`` and add the
+        blended outputs into ``acc`` ``(th, wp, L)``, ``TILE_BATCH_PIXELS`` per pass."""
+        tw = plan.tw
+        per_pass = max(1, TILE_BATCH_PIXELS // (plan.th * tw))
+        xt = torch.from_numpy(np.ascontiguousarray(band.transpose(2, 0, 1)))
+        for k in range(0, len(plan.xs), per_pass):
+            cols = plan.xs[k : k + per_pass]
+            z = self._forward(torch.stack([xt[:, :, c : c + tw] for c in cols]), modality)
+            z = z.permute(0, 2, 3, 1).numpy()  # (b, th, tw, L)
+            for j, (c, zt) in enumerate(zip(cols, z)):
+                acc[:, c : c + tw] += zt * np.outer(plan.wy[i], plan.wx[k + j])[..., None]
+                if progress is not None:
+                    progress.update(1)
+
+    def embed_batch(
+        self, images: Sequence[np.ndarray], modality: str, where: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
         """Encode several raw images; images of equal size share one forward pass.
 
-        Returns a list of ``(H, W, L)`` float32 arrays in input order.
+        ``where`` names the images in messages (default ``image <i>``). Returns a list of
+        ``(H, W, L)`` float32 arrays in input order.
         """
         m = self._check_modality(modality)
-        prepared = [self._prepare(im, m, f"image {i}") for i, im in enumerate(images)]
+        names = [f"image {i}" for i in range(len(images))] if where is None else list(where)
+        prepared = [self._to_tensor(self._prepare(im, m, n)) for im, n in zip(images, names)]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(prepared):
             groups.setdefault(tuple(x.shape), []).append(i)
@@ -442,12 +350,9 @@ def load_model(run: str | Path, device: str = "auto", precision: str = "fp32") -
     ComirError
         Missing or corrupt files, or weights that do not match the configuration.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from comir.data import DataSpec
-    from comir.model import CoMIRModel
-    from comir.train import load_weights_state, resolve_device
+    from comir.model import EncoderPair
+    from comir.runtime import load_weights, resolve_device
 
     path = _resolve_run(run)
     if not path.is_dir():
@@ -466,15 +371,10 @@ def load_model(run: str | Path, device: str = "auto", precision: str = "fp32") -
         model_cfg, data_cfg = config["model"], config["data"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ComirError(f"{cfg_path}: corrupt run configuration ({exc}); retrain") from None
-    model = CoMIRModel.from_config_dict(model_cfg)
+    model = EncoderPair.from_config_dict(model_cfg)
     spec = DataSpec.from_dict(data_cfg)
-    try:
-        state = load_file(str(w_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ComirError(f"{w_path}: corrupt weights file ({exc}); retrain or restore") from None
-    load_weights_state(model, state, str(w_path))
-    if precision not in PRECISIONS:
-        raise ComirError(f"invalid precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    load_weights(model, w_path)
+    check_precision(precision)
     dev = resolve_device(device)
     model.to(dev).eval()
     return ComirModel(
@@ -540,7 +440,6 @@ def embed_files(
         The output file of every input of this shard, in input order.
     """
     from comir.batch import (
-        open_image,
         parse_shard,
         progress_bar,
         remove_stale_parts,
@@ -548,6 +447,28 @@ def embed_files(
     )
 
     fmt = fmt.lower().lstrip(".")
+    m = model._check_modality(modality)
+    paths, outs = _plan_outputs(model, inputs, Path(out_dir), fmt)
+    mine = shard_indices([str(p) for p in paths], parse_shard(shard))
+    todo = []
+    for k in mine:
+        remove_stale_parts(outs[k])
+        if not (skip_existing and outs[k].is_file()):
+            todo.append(k)
+    bar = progress_bar(len(todo), "embed", progress, unit="img")
+    try:
+        for k in todo:
+            _embed_file(model, paths[k], m, outs[k], fmt, tile, overlap, max_pixels, progress)
+            bar.update(1)
+    finally:
+        bar.close()
+    return [outs[k] for k in mine]
+
+
+def _plan_outputs(
+    model: ComirModel, inputs: Sequence[str | os.PathLike], out_dir: Path, fmt: str
+) -> tuple[list[Path], list[Path]]:
+    """Check format, inputs and output names before anything is written; ``(inputs, outputs)``."""
     if fmt not in FORMATS:
         raise ComirError(f"unsupported output format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt == "png" and model.latent_channels not in (1, 3):
@@ -555,8 +476,6 @@ def embed_files(
             f"PNG export needs 1 or 3 representation channels, the model has "
             f"{model.latent_channels}; use --format tif or npy"
         )
-    m = model._check_modality(modality)
-    shard = parse_shard(shard)
     paths = [Path(p) for p in inputs]
     if not paths:
         raise ComirError("no input images given")
@@ -567,7 +486,6 @@ def embed_files(
             raise ComirError(
                 f"{p}: unsupported file type {p.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
             )
-    out_dir = Path(out_dir)
     outs = [out_dir / f"{p.stem}.{fmt}" for p in paths]
     seen: dict[Path, Path] = {}
     for p, o in zip(paths, outs):
@@ -578,30 +496,34 @@ def embed_files(
         seen[o] = p
     if out_dir.exists() and not out_dir.is_dir():
         raise ComirError(f"{out_dir}: exists and is not a folder; choose another --out")
-    mine = shard_indices([str(p) for p in paths], shard)
-    todo = []
-    for k in mine:
-        remove_stale_parts(outs[k])
-        if not (skip_existing and outs[k].is_file()):
-            todo.append(k)
-    bar = progress_bar(len(todo), "embed", progress, unit="img")
-    try:
-        for k in todo:
-            with open_image(paths[k]) as src:
-                h, w = src.shape[:2]
-                t = model._auto_tile(h, w, tile, max_pixels, m)
-                pointwise = getattr(model.data, f"norm_{m}", "none") != "percentile"
-                if t is not None and t < max(h, w) and fmt != "png" and src.streaming and pointwise:
-                    _embed_streamed(model, src, m, outs[k], t, overlap, progress)
-                else:
-                    z = model.embed(
-                        src.read(), m, tile=t, overlap=overlap, where=str(paths[k]), max_pixels=None
-                    )
-                    _write_output(outs[k], z, fmt)
-            bar.update(1)
-    finally:
-        bar.close()
-    return [outs[k] for k in mine]
+    return paths, outs
+
+
+def _embed_file(
+    model: ComirModel,
+    path: Path,
+    modality: str,
+    out: Path,
+    fmt: str,
+    tile: int | None,
+    overlap: int | None,
+    max_pixels: int | None,
+    progress: bool,
+) -> None:
+    """Embed one file into ``out``: streamed band by band when tiled, else in memory."""
+    from comir.batch import open_image
+
+    with open_image(path) as src:
+        h, w = src.shape[:2]
+        t = model._auto_tile(h, w, tile, max_pixels, modality)
+        pointwise = getattr(model.data, f"norm_{modality}", "none") != "percentile"
+        if t is not None and t < max(h, w) and fmt != "png" and src.streaming and pointwise:
+            _embed_streamed(model, src, modality, out, t, overlap, progress)
+        else:
+            z = model.embed(
+                src.read(), modality, tile=t, overlap=overlap, where=str(path), max_pixels=None
+            )
+            _write_output(out, z, fmt)
 
 
 def _write_output(path: Path, z: np.ndarray, fmt: str) -> None:
@@ -628,9 +550,12 @@ def _embed_streamed(
     n_lat = model.latent_channels
     squeeze = out.suffix == ".tif" and n_lat == 1
     where = str(src.path)
+    sample = _RowSample(h, w)
 
     def read_rows(r0: int, r1: int) -> np.ndarray:
-        return model.data.prepare(src.read_rows(r0, r1), modality, where=where)
+        rows = model.data.prepare(src.read_rows(r0, r1), modality, where=where)
+        sample.add(r0, rows)
+        return rows
 
     bar = None
     with RowWriter(out, (h, w) if squeeze else (h, w, n_lat)) as writer:
@@ -650,3 +575,28 @@ def _embed_streamed(
         finally:
             if bar is not None:
                 bar.close()
+    model.check_input(sample.image(), modality, where)
+
+
+class _RowSample:
+    """A strided sample of the prepared rows of a streamed image, for its input check.
+
+    Keeps every ``s``-th row and column (about 2**18 pixels of any image), each row once
+    although tiles read overlapping bands.
+    """
+
+    def __init__(self, h: int, w: int) -> None:
+        from comir.input_stats import CHECK_PIXELS
+
+        self.step = max(1, math.ceil(math.sqrt(h * w / CHECK_PIXELS)))
+        self.rows: dict[int, np.ndarray] = {}
+
+    def add(self, r0: int, rows: np.ndarray) -> None:
+        first = -(-r0 // self.step) * self.step
+        for r in range(first, r0 + rows.shape[0], self.step):
+            if r not in self.rows:
+                self.rows[r] = rows[r - r0, :: self.step].copy()
+
+    def image(self) -> np.ndarray:
+        """``(n, m, C)`` sampled pixels in row order."""
+        return np.stack([self.rows[r] for r in sorted(self.rows)])

@@ -1,19 +1,23 @@
-"""FC-DenseNet ("Tiramisu") encoders and the two-encoder CoMIR model.
+"""FC-DenseNet ("Tiramisu") encoders and :class:`EncoderPair`, the two encoders of CoMIR.
 
 Jégou et al., "The One Hundred Layers Tiramisu: Fully Convolutional DenseNets for Semantic
 Segmentation", CVPR Workshops 2017; used as the CoMIR encoder by Pielawski, Wetzer et al.,
 "CoMIR: Contrastive Multimodal Image Representation for Registration", NeurIPS 2020.
 
-Building blocks (SPEC §2):
+Building blocks (Jégou et al. 2017, Sec. 3 and Table 1, except where marked):
 
 * dense layer: BN → ReLU → 3×3 conv (``growth`` channels) → dropout;
 * dense block: ``n`` dense layers, each fed the concatenation of the block input and all
   earlier layer outputs;
 * transition down: BN → ReLU → 1×1 conv (channels × compression) → dropout → 2×2 max-pool;
-* transition up: nearest ×2 upsample → 3×3 conv → ReLU (no checkerboard artefacts),
-  concatenated with the skip connection;
+* transition up: nearest ×2 upsample → 3×3 conv → ReLU, concatenated with the skip
+  connection (instead of the paper's transposed convolution: no checkerboard artefacts);
 * up-path dense blocks return only their new feature maps, except the last one;
-* a final 1×1 conv **without bias** to ``L`` channels, no output activation.
+* a final 1×1 conv **without bias** to ``L`` channels, no output activation (the CoMIR
+  representation, Pielawski, Wetzer et al. 2020).
+
+:class:`EncoderPair` is the trainable ``nn.Module`` (one encoder per modality); the
+inference wrapper with input preparation is :class:`comir.embed.ComirModel`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from comir.errors import ComirError
 
 __all__ = [
     "PRESETS",
-    "CoMIRModel",
+    "EncoderPair",
     "Tiramisu",
     "TiramisuConfig",
     "count_parameters",
@@ -383,8 +387,12 @@ class Tiramisu(nn.Module):
         return y.contiguous(memory_format=in_format)
 
 
-class CoMIRModel(nn.Module):
-    """One :class:`Tiramisu` per modality (no weight sharing), keys ``"a"`` and ``"b"``."""
+class EncoderPair(nn.Module):
+    """One :class:`Tiramisu` per modality (no weight sharing), keys ``"a"`` and ``"b"``.
+
+    The network trained by :func:`comir.train.train`; :func:`comir.embed.load_model` wraps it
+    with its input preparation as a :class:`comir.embed.ComirModel`.
+    """
 
     def __init__(self, config_a: TiramisuConfig, config_b: TiramisuConfig) -> None:
         super().__init__()
@@ -406,7 +414,7 @@ class CoMIRModel(nn.Module):
         return {m: self.encoders[m].config.to_dict() for m in MODALITIES}
 
     @classmethod
-    def from_config_dict(cls, d: dict) -> CoMIRModel:
+    def from_config_dict(cls, d: dict) -> EncoderPair:
         """Inverse of :meth:`config_dict` (weights are freshly initialised)."""
         missing = [m for m in MODALITIES if m not in d]
         if missing:

@@ -11,6 +11,27 @@ A batch holds ``N`` aligned pairs; ``z = cat(z_a, z_b)`` has ``M = 2N`` maps and
 map ``i`` is ``p(i) = (i + N) mod 2N``. With ``s(i, k) = critic(z_i, z_k) / tau`` the loss of
 anchor ``i`` is ``-s(i, p(i)) + log sum_{k != i} exp s(i, k)``, averaged over the ``2N``
 anchors.
+
+Critics
+-------
+Of two maps ``x, y`` of shape ``(L, H, W)``, with ``x_p`` the ``L``-vector at pixel ``p``
+(``P = H·W`` pixels); higher means more similar:
+
+* ``mse``: ``-1/(L·P) · Σ_p ||x_p - y_p||²`` (the mean squared difference);
+* ``cosine``: ``1/P · Σ_p cos(x_p, y_p)``;
+* ``l1``: ``-1/P · Σ_p ||x_p - y_p||_1``;
+* ``euclidean``: ``-1/P · Σ_p ||x_p - y_p||_2``.
+
+That is, the channel-wise similarity at each pixel, then the mean over pixels: the
+definitions the CoMIR paper describes. The original CoMIR code reduces its ``l1``,
+``euclidean`` and ``cosine`` critics over ``dim=1`` of the ``L×H×W`` map, i.e. over image
+rows rather than channels, so those three differ from the code's; ``mse`` is identical, and
+it is the only critic behind the published results (Pielawski, Wetzer et al., NeurIPS 2020).
+
+With one latent channel (``L = 1``, the default) the cosine of two scalars is the product of
+their signs: piecewise constant, so its gradient is zero everywhere and a network trained
+with it does not learn. ``comir train`` therefore refuses ``critic="cosine"`` with
+``latent_channels=1``; use ``L = 3`` (or another critic).
 """
 
 from __future__ import annotations
@@ -22,7 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CRITICS = ("mse", "cosine", "l1", "euclidean")
+from comir.losses import CRITICS, DEFAULT_TAU
 
 #: Elements of the ``(rows, M, L, P)`` pairwise-difference chunk of the l1/euclidean critics
 #: (2**24 float32 = 64 MiB per temporary).
@@ -85,9 +106,8 @@ def similarity_matrix(z: Tensor, critic: str = "mse") -> Tensor:
     z : Tensor, shape (M, L, H, W)
         Representation maps.
     critic : {"mse", "cosine", "l1", "euclidean"}
-        ``mse``: ``-mean((x - y)**2)`` over all elements; ``cosine``: mean over pixels of the
-        cosine similarity of the L-channel vectors; ``l1`` / ``euclidean``: ``-mean`` over
-        pixels of the L1 / L2 norm of the channel difference.
+        Definitions in the module docstring (channel-wise at each pixel, then the mean over
+        pixels); ``cosine`` needs ``L > 1`` to have a gradient.
 
     Returns
     -------
@@ -140,7 +160,7 @@ def _check_pair(z_a: Tensor, z_b: Tensor, tau: float) -> None:
         raise ValueError(f"tau must be positive, got {tau!r}")
 
 
-def info_nce(z_a: Tensor, z_b: Tensor, critic: str = "mse", tau: float = 0.1) -> Tensor:
+def info_nce(z_a: Tensor, z_b: Tensor, critic: str = "mse", tau: float = DEFAULT_TAU) -> Tensor:
     """InfoNCE loss of ``N`` aligned pairs of dense maps.
 
     Parameters
@@ -163,7 +183,7 @@ def info_nce(z_a: Tensor, z_b: Tensor, critic: str = "mse", tau: float = 0.1) ->
 
 
 def info_nce_stats(
-    z_a: Tensor, z_b: Tensor, critic: str = "mse", tau: float = 0.1
+    z_a: Tensor, z_b: Tensor, critic: str = "mse", tau: float = DEFAULT_TAU
 ) -> tuple[Tensor, dict[str, float]]:
     """:func:`info_nce` plus diagnostics of the critic (unscaled by ``tau``).
 
@@ -242,7 +262,8 @@ class InfoNCELoss(nn.Module):
     critic : {"mse", "cosine", "l1", "euclidean"}
         Similarity of two maps, see :func:`similarity_matrix`.
     tau : float
-        Temperature (0.1 for RGB/NIR, 0.5 for BF/SHG in the paper).
+        Temperature, default :data:`comir.losses.DEFAULT_TAU` = 0.5 (the paper used 0.5 for
+        BF/SHG and 0.1 for RGB/NIR; 0.5 measured better on RGB/NIR in this project).
     gather_distributed : bool
         Take negatives from the global batch of all ``torch.distributed`` processes; a no-op
         when distributed is not initialised.
@@ -253,14 +274,14 @@ class InfoNCELoss(nn.Module):
 
     Examples
     --------
-    >>> loss_fn = InfoNCELoss(critic="mse", tau=0.1)
+    >>> loss_fn = InfoNCELoss(critic="mse", tau=0.5)
     >>> z_a, z_b = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
     >>> loss_fn(z_a, z_b).shape
     torch.Size([])
     """
 
     def __init__(
-        self, critic: str = "mse", tau: float = 0.1, gather_distributed: bool = False
+        self, critic: str = "mse", tau: float = DEFAULT_TAU, gather_distributed: bool = False
     ) -> None:
         super().__init__()
         if critic not in CRITICS:
