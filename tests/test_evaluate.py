@@ -589,3 +589,25 @@ def test_patch_encoder_warns_once_on_other_normalisation(tmp_path: Path):
     ours = [str(w.message) for w in caught if issubclass(w.category, ComirWarning)]
     assert len(ours) == 1 and "\n" not in ours[0] and "bits:12" in ours[0], ours
     assert (enc.data.norm_a, enc.data.norm_b, enc.data.log_a) == ("none", "none", False)
+
+
+def test_out_of_distribution_set_warns_once_per_modality(tmp_path: Path):
+    from comir.input_stats import channel_stats
+
+    (tmp_path / "d").mkdir()
+    write_image(tmp_path / "d" / "scene.tif", make_scene(90, 100, seed=1))
+    ev = make_eval(tmp_path / "d", "channels", "0:3", "3", tmp_path / "e", width=32, levels=(1, 2))
+    make_tiny_run(tmp_path / "run")
+    cfg = tmp_path / "run" / "config.json"
+    info = json.loads(cfg.read_text())
+    bright = [np.full((8, 8, 3), 50.0, np.float32), np.full((8, 8, 1), 0.5, np.float32)]
+    info["input_stats"] = {"a": channel_stats(bright[:1]), "b": channel_stats(bright[1:])}
+    cfg.write_text(json.dumps(info))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = evaluate(ev, method=oracle, model=tmp_path / "run", out=tmp_path / "r",
+                     workers=1, progress=False)  # fmt: skip
+    ours = [str(w.message) for w in caught if issubclass(w.category, ComirWarning)]
+    # modality A (trained on values near 50) is flagged once for all its patches; B is not
+    assert len(ours) == 1 and "modality A" in ours[0] and "bits:8" in ours[0], ours
+    assert f"{s['n_pairs']} modality A patches" in ours[0]

@@ -122,10 +122,11 @@ class ComirModel:
         need = 2 * self.receptive_radius(m) + mult
         return -(-need // mult) * mult
 
-    def _prepare(self, image: np.ndarray, modality: str, where: str) -> np.ndarray:
+    def _prepare(self, image: np.ndarray, modality: str, where: str, check: bool) -> np.ndarray:
         """Prepared ``(H, W, C)`` float32 input, checked against the training data."""
         x = self.data.prepare(image, modality, where=where)
-        self.check_input(x, modality, where)
+        if check:
+            self.check_input(x, modality, where)
         return x
 
     @staticmethod
@@ -156,6 +157,7 @@ class ComirModel:
         overlap: int | None = None,
         where: str = "",
         max_pixels: int | None = MAX_PIXELS,
+        check: bool = True,
     ) -> np.ndarray:
         """Encode one raw image.
 
@@ -176,6 +178,10 @@ class ComirModel:
         max_pixels : int, optional
             Larger images are tiled with ``tile or DEFAULT_TILE``; ``None`` never tiles
             automatically.
+        check : bool
+            Warn when the input is far outside the training data (:meth:`check_input`);
+            off for synthetic inputs such as the zero-padded rotations of
+            :func:`comir.equivariance.equivariance_correlation`.
 
         Returns
         -------
@@ -185,7 +191,7 @@ class ComirModel:
         m = self._check_modality(modality)
         h, w = image.shape[:2]
         tile = self._auto_tile(h, w, tile, max_pixels, m)
-        x = self._prepare(image, m, where)
+        x = self._prepare(image, m, where, check)
         if tile is None or (tile >= h and tile >= w):
             z = self._forward(self._to_tensor(x), m)
             return np.ascontiguousarray(z[0, :, :h, :w].permute(1, 2, 0).numpy(), dtype=np.float32)
@@ -304,16 +310,20 @@ class ComirModel:
                     progress.update(1)
 
     def embed_batch(
-        self, images: Sequence[np.ndarray], modality: str, where: Sequence[str] | None = None
+        self,
+        images: Sequence[np.ndarray],
+        modality: str,
+        where: Sequence[str] | None = None,
+        check: bool = True,
     ) -> list[np.ndarray]:
         """Encode several raw images; images of equal size share one forward pass.
 
-        ``where`` names the images in messages (default ``image <i>``). Returns a list of
-        ``(H, W, L)`` float32 arrays in input order.
+        ``where`` names the images in messages (default ``image <i>``); ``check`` as for
+        :meth:`embed`. Returns a list of ``(H, W, L)`` float32 arrays in input order.
         """
         m = self._check_modality(modality)
         names = [f"image {i}" for i in range(len(images))] if where is None else list(where)
-        prepared = [self._to_tensor(self._prepare(im, m, n)) for im, n in zip(images, names)]
+        prepared = [self._to_tensor(self._prepare(im, m, n, check)) for im, n in zip(images, names)]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(prepared):
             groups.setdefault(tuple(x.shape), []).append(i)

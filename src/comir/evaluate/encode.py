@@ -88,15 +88,38 @@ def embed_items(model, items: Sequence[tuple[str | None, str]], cache: Path, pro
     for k, img in images.items():
         if img is not None:
             groups.setdefault((items[k][1], img.shape), []).append(k)
+    _check_set(model, images, items)
     out: list[str | None] = [None] * len(items)
     bar = progress_bar(sum(map(len, groups.values())), "embed", progress, unit="img")
     for (mod, _), idx in groups.items():
         for s in range(0, len(idx), 16):
             chunk = idx[s : s + 16]
-            zs = model.embed_batch([images.pop(k) for k in chunk], mod)
+            zs = model.embed_batch([images.pop(k) for k in chunk], mod, check=False)
             for k, z in zip(chunk, zs, strict=True):
                 out[k] = str(cache / f"{k}.npy")
                 np.save(out[k], np.asarray(z, dtype=np.float32))
             bar.update(len(chunk))
     bar.close()
     return out, [p if p != "absent" else None for p in problems]
+
+
+def _check_set(model, images: dict, items: Sequence[tuple[str | None, str]]) -> None:
+    """One out-of-distribution check per modality over all its patches (a warning per
+    patch would repeat the same news hundreds of times)."""
+    from comir.input_stats import check_input
+
+    stats = getattr(model, "input_stats", None)
+    if not stats:
+        return
+    trained = model.config.get("data", {})  # the run's own normalisation, for the hint
+    for mod in sorted({m for _, m in items}):
+        prepared = [
+            model.data.prepare(img, mod)
+            for k, img in images.items()
+            if img is not None and items[k][1] == mod
+        ]
+        pixels = [x.reshape(-1, 1, x.shape[-1]) for x in prepared]
+        if pixels:
+            first = next(p for p, m in items if m == mod and p is not None)
+            where = f"{len(pixels)} modality {mod.upper()} patches such as {first}"
+            check_input(np.concatenate(pixels), stats, mod, where, trained.get(f"norm_{mod}", ""))
