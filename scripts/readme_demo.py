@@ -8,7 +8,7 @@ Usage::
 
 README.md holds one block per sample between ``<!-- demo-table:NAME -->`` and
 ``<!-- /demo-table:NAME -->``: the table :func:`comir.evaluate.compare` printed for that run
-and a line with the run's wall time and the machine's load. ``tests/test_readme_demo.py``
+and a line with the run's wall time and the machine's load. ``tests/test_demo.py``
 runs the Sentinel-2 demo afresh and fails when its success columns differ from the block.
 """
 

@@ -146,7 +146,7 @@ def run_demo(
 
     names = (name_a, name_b)
     figures = _figures(
-        model, names, hold_dir, eval_dir, out, model_ref, angle_step=30 if quick else 5
+        model, names, hold_dir, eval_dir, out, model_ref, angle_step=30 if quick else 10
     )
     summary = {
         "seconds": round(time.perf_counter() - t0, 1),
