@@ -171,3 +171,15 @@ def test_choices_come_from_the_constants():
     assert choices["train"]["precision"] == TRAIN_PRECISIONS
     assert choices["embed"]["precision"] == PRECISIONS
     assert choices["train"]["device"] == choices["embed"]["device"] == DEVICES
+
+
+def test_python_dash_m_comir_is_the_command():
+    import subprocess
+    import sys
+
+    import comir
+
+    out = subprocess.run(
+        [sys.executable, "-m", "comir", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"comir {comir.__version__}"

@@ -25,6 +25,7 @@ from comir.transform import (
     RigidTransform,
     corner_error,
     from_elastix_params,
+    from_sitk,
     image_center,
     patch_corners,
 )
@@ -307,7 +308,7 @@ def test_elastix_params_match_simpleitk_euler() -> None:
         t = rng.uniform(-30, 30, 2)
         c = rng.uniform(0, 200, 2)
         # elastix and ITK share the fixed -> moving convention and Euler2D parameters
-        ref = RigidTransform.from_sitk(sitk.Euler2DTransform(tuple(c), angle, tuple(t)))
+        ref = from_sitk(sitk.Euler2DTransform(tuple(c), angle, tuple(t)))
         params = {
             "TransformParameters": tuple(str(float(v)) for v in (angle, *t)),
             "CenterOfRotationPoint": tuple(str(float(v)) for v in c),

@@ -75,7 +75,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: fp16 autocast on CUDA, fp32 on CPU; bf16: autocast (~2x faster steps on "
         "CPUs with AMX/AVX512-BF16) (auto)",
     )  # fmt: skip
-    p.add_argument("--norm", help="auto | none | percentile | bits:N (auto)")
+    p.add_argument(
+        "--norm",
+        help="auto (bits from the data maximum) | dtype (bits of the file type) | none | percentile | bits:N (auto)",
+    )
     p.add_argument("--norm-b", help="normalisation of modality B (default: --norm)")
     p.add_argument("--log-a", action="store_const", const=True, help="log(1+x) on modality A")
     p.add_argument("--log-b", action="store_const", const=True, help="log(1+x) on modality B")
@@ -239,6 +242,8 @@ def _parse_options(items: list[str] | None) -> dict:
 
 
 def _register_arguments(p: argparse.ArgumentParser) -> None:
+    from comir.runtime import DEVICES
+
     p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image file")
     p.add_argument("moving", metavar="MOVING", help="moving image file, warped onto FIXED")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -248,7 +253,7 @@ def _register_arguments(p: argparse.ArgumentParser) -> None:
         "--fixed-modality", default="a", type=str.lower, choices=("a", "b"),
         help="modality of FIXED with --model; MOVING is the other one (a)",
     )  # fmt: skip
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="back-end option, repeatable; e.g. preset=public (sift: the study's baseline)",
@@ -287,7 +292,11 @@ def _make_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3, 4], metavar="K")
     p.add_argument("--per-image", type=int, metavar="K", help="patches per image (all regions)")
     p.add_argument("--seed", type=int, default=0, help="(0)")
-    p.add_argument("--norm", default="auto", help="auto | none | percentile | bits:N (auto)")
+    p.add_argument(
+        "--norm",
+        default="auto",
+        help="auto (bits from the data maximum) | dtype (bits of the file type) | none | percentile | bits:N (auto)",
+    )
     p.add_argument("--norm-b", help="normalisation of modality B (default: --norm)")
     p.add_argument("--log-a", action="store_true", help="log(1+x) on modality A")
     p.add_argument("--log-b", action="store_true", help="log(1+x) on modality B")

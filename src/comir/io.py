@@ -21,7 +21,6 @@ from comir.errors import ComirError
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 #: Normalisation words: ``auto`` and ``dtype`` are set-level (:func:`resolve_norm` turns
 #: them into ``bits:N``), the others concrete (:func:`normalize`).
-NORM_CHOICES = ("auto", "dtype", "none", "percentile", "bits:N")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from comir.errors import ComirError
 from comir.transform import functional as F
 from comir.transform.base import Transform, _cast_like
 
@@ -238,39 +237,6 @@ class RigidTransform(SimilarityTransform):
         return cls.from_params(
             d["angle_deg"], tuple(d["translation"]), tuple(d.get("center", (0, 0)))
         )
-
-    # -- files (kept on the class for the CLI and notebooks) ------------------------
-    def save_json(self, path, center=(0.0, 0.0), **extra) -> None:
-        """Atomically write ``to_dict(center)`` plus ``extra`` keys as JSON."""
-        from comir.transform.files import save_transform
-
-        save_transform(self, path, center=center, **extra)
-
-    @classmethod
-    def load_json(cls, path) -> RigidTransform:
-        from comir.transform.files import load_transform
-
-        t = load_transform(path)
-        if not isinstance(t, RigidTransform):
-            raise ComirError(f"{path}: holds a {t.kind} transform, expected a rigid one")
-        return t
-
-    def to_itk_tfm(self, center: tuple[float, float] = (0.0, 0.0)) -> str:
-        from comir.transform.files import itk_tfm_text
-
-        return itk_tfm_text(self, center)
-
-    def save_tfm(self, path, center=(0.0, 0.0)) -> None:
-        from comir.transform.files import save_itk_tfm
-
-        save_itk_tfm(self, path, center)
-
-    @classmethod
-    def from_sitk(cls, transform) -> RigidTransform:
-        """Convert a SimpleITK 2-D rigid transform (fixed → moving) to moving → fixed."""
-        from comir.transform.files import from_sitk
-
-        return as_kind(from_sitk(transform).matrix, cls)
 
 
 def _norm(a: np.ndarray) -> float:
