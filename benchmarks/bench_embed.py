@@ -192,7 +192,7 @@ def in_process(repeats: int) -> None:
         f"{repeats}",
     )
 
-    x = fp32._prepare(img, "a", "")
+    x = fp32._to_tensor(fp32.data.prepare(img, "a"))
     net = fp32.model.encoders["a"]
 
     def run_mode(ctx) -> None:

@@ -91,8 +91,7 @@ def run_demo(
         Registration processes (default: up to 4).
     """
     from comir import samples
-    from comir.embed import load_model
-    from comir.evaluate import compare, evaluate, make_eval
+    from comir.evaluate import compare
 
     if sample not in DEMOS:
         raise ComirError(f"unknown demo sample {sample!r}; choose one of {', '.join(DEMOS)}")
@@ -104,43 +103,9 @@ def run_demo(
         shutil.rmtree(work)
     train_dir = samples.export_sample(sample, work / "train", split="train")
     hold_dir = samples.export_sample(sample, work / "holdout", split="holdout")
-    info = samples.sample(sample)
-
-    if train:
-        from comir.train import train as train_model
-
-        run_dir = train_model(
-            sample_train_config(sample, train_dir, hold_dir, quick),
-            out / "model",
-            progress=progress,
-        )
-        model_ref: str | Path = run_dir
-    else:
-        model_ref = f"sample:{sample}"
-    model = load_model(model_ref)
-
-    eval_dir = make_eval(
-        hold_dir,
-        layout=info["layout"],
-        a=info["a_spec"],
-        b=info["b_spec"],
-        out=work / "eval",
-        width=width,
-        levels=(1, 2, 3, 4),
-        per_image=3 if quick else 12,
-        seed=0,
-        norm=info["norm"],
-    )
-    runs = [r for r in RUNS if r[0] in QUICK_RUNS] if quick else RUNS
-    res_dirs = []
-    for name, mdl in (("raw", None), ("comir", model)):
-        for tag, method, options in runs:
-            res = out / "results" / f"{name}-{tag}"
-            evaluate(
-                eval_dir, method=method, model=mdl, out=res, workers=workers, progress=progress,
-                **options,
-            )  # fmt: skip
-            res_dirs.append(res)
+    model_ref, model = _model(sample, train, train_dir, hold_dir, out, quick, progress)
+    eval_dir = _eval_set(sample, hold_dir, work / "eval", width, quick)
+    res_dirs = _evaluate_runs(eval_dir, model, out, quick, workers, progress)
     table = compare(res_dirs, out=out)
     print(table)
 
@@ -163,6 +128,49 @@ def run_demo(
     _write_report(out, table, summary)
     print(f"report: {out / 'report.html'}  ({summary['seconds']:.0f} s)")
     return summary
+
+
+def _model(sample: str, train: bool, train_dir, hold_dir, out: Path, quick: bool, progress):
+    """``(reference, ComirModel)``: the shipped sample model, or one trained here."""
+    from comir.embed import load_model
+
+    model_ref: str | Path = f"sample:{sample}"
+    if train:
+        from comir.train import train as train_model
+
+        config = sample_train_config(sample, train_dir, hold_dir, quick)
+        model_ref = train_model(config, out / "model", progress=progress)
+    return model_ref, load_model(model_ref)
+
+
+def _eval_set(sample: str, hold_dir: Path, out: Path, width: int, quick: bool) -> Path:
+    """The level 1–4 evaluation set cut from the held-out half."""
+    from comir import samples
+    from comir.evaluate import make_eval
+
+    info = samples.sample(sample)
+    return make_eval(
+        hold_dir, layout=info["layout"], a=info["a_spec"], b=info["b_spec"], out=out,
+        width=width, levels=(1, 2, 3, 4), per_image=3 if quick else 12, seed=0,
+        norm=info["norm"],
+    )  # fmt: skip
+
+
+def _evaluate_runs(eval_dir: Path, model, out: Path, quick: bool, workers, progress) -> list:
+    """Every run of :data:`RUNS` on raw images and on CoMIRs; returns the results folders."""
+    from comir.evaluate import evaluate
+
+    runs = [r for r in RUNS if r[0] in QUICK_RUNS] if quick else RUNS
+    res_dirs = []
+    for name, mdl in (("raw", None), ("comir", model)):
+        for tag, method, options in runs:
+            res = out / "results" / f"{name}-{tag}"
+            evaluate(
+                eval_dir, method=method, model=mdl, out=res, workers=workers, progress=progress,
+                **options,
+            )  # fmt: skip
+            res_dirs.append(res)
+    return res_dirs
 
 
 def _figures(

@@ -341,6 +341,61 @@ def _refine_angle(
     return score[rows, best], new, best == 1
 
 
+def _pyramid(f_img: np.ndarray, m_img: np.ndarray, coarse_size: int) -> list[_Level]:
+    """Standardised ``(C, H, W)`` levels, coarsest first, halving the factor down to 1."""
+    # (H, W, C) -> (C, H, W), each channel zero mean and unit variance
+    f_std, m_std = (
+        np.ascontiguousarray(standardize(np.moveaxis(x, -1, 0), axis=(1, 2)))
+        for x in (f_img, m_img)
+    )
+    sides = (*f_img.shape[:2], *m_img.shape[:2])
+    factor = max(1, min(math.ceil(max(sides) / coarse_size), min(sides) // 8))
+    factors = [factor]
+    while factors[-1] > 1:
+        factors.append(max(1, factors[-1] // 2))
+    return [_Level(f, _downsample(f_std, f), _downsample(m_std, f)) for f in factors]
+
+
+def _sweep_angles(
+    coarse: _Level, max_angle: float, angle_step: float | None
+) -> tuple[np.ndarray, float, bool]:
+    """Angles (degrees) of the coarse sweep, their spacing, and whether they wrap around."""
+    if angle_step is None:
+        r = 0.5 * math.hypot(*coarse.moving.shape[1:])
+        angle_step = float(min(6.0, math.degrees(2.5 / r)))
+    if max_angle >= 180:
+        n = math.ceil(360.0 / angle_step)
+        return np.arange(n) * (360.0 / n) - 180.0, 360.0 / n, True
+    n = math.ceil(2 * max_angle / angle_step) + 1
+    angles = np.linspace(-max_angle, max_angle, n)
+    return angles, (angles[1] - angles[0] if n > 1 else angle_step), False
+
+
+def _coarse_to_fine(
+    levels: list[_Level],
+    cand: np.ndarray,
+    cand_score: np.ndarray,
+    delta: float,
+    center: np.ndarray,
+    min_overlap: float,
+) -> tuple[np.ndarray, float]:
+    """Refine angle candidates level by level, halving them each time; the best one on
+    the full-resolution level ``(1, 3, 3)`` and the angle step reached."""
+    prev = levels[0].factor
+    for i, level in enumerate(levels[1:], start=1):
+        if i == len(levels) - 1:  # full resolution is the expensive level: best candidate only
+            top = int(np.argmax(cand_score))
+            cand, cand_score = cand[top : top + 1], cand_score[top : top + 1]
+        window = math.ceil(prev / level.factor) + 1
+        cand_score, cand, centred = _refine_angle(level, cand, delta, window, center, min_overlap)
+        order = np.argsort(-cand_score)
+        delta /= 4.0 if centred[order[0]] else 2.0
+        keep = order[: max(1, len(cand) // 2)]
+        cand, cand_score = cand[keep], cand_score[keep]
+        prev = level.factor
+    return cand[:1], delta
+
+
 @timed("fft")
 def register_fft(
     fixed: np.ndarray,
@@ -393,56 +448,17 @@ def register_fft(
         return failed("fft", why)
     if f_img.shape[2] != m_img.shape[2]:
         f_img, m_img = to_gray(f_img)[..., None], to_gray(m_img)[..., None]
-    # (H, W, C) -> (C, H, W), each channel zero mean and unit variance
-    f_std, m_std = (
-        np.ascontiguousarray(standardize(np.moveaxis(x, -1, 0), axis=(1, 2)))
-        for x in (f_img, m_img)
-    )
-
-    longest = max(f_img.shape[0], f_img.shape[1], m_img.shape[0], m_img.shape[1])
-    shortest = min(f_img.shape[0], f_img.shape[1], m_img.shape[0], m_img.shape[1])
-    factor = max(1, min(math.ceil(longest / coarse_size), shortest // 8))
-    factors = [factor]
-    while factors[-1] > 1:
-        factors.append(max(1, factors[-1] // 2))
-    levels = [_Level(f, _downsample(f_std, f), _downsample(m_std, f)) for f in factors]
-
-    coarse = levels[0]
-    if angle_step is None:
-        r = 0.5 * math.hypot(*coarse.moving.shape[1:])
-        angle_step = float(min(6.0, math.degrees(2.5 / r)))
-    circular = max_angle >= 180
-    if circular:
-        n = math.ceil(360.0 / angle_step)
-        angles = np.arange(n) * (360.0 / n) - 180.0
-        step = 360.0 / n
-    else:
-        n = math.ceil(2 * max_angle / angle_step) + 1
-        angles = np.linspace(-max_angle, max_angle, n)
-        step = angles[1] - angles[0] if n > 1 else angle_step
-    score, mats = _global_search(coarse, angles, min_overlap)
+    levels = _pyramid(f_img, m_img, coarse_size)
+    angles, step, circular = _sweep_angles(levels[0], max_angle, angle_step)
+    score, mats = _global_search(levels[0], angles, min_overlap)
     picks = _angle_candidates(score, circular, candidates)
     if picks.size == 0:
         return failed("fft", "no shift with enough overlap")
-    s = coarse.scale
-    cand = s @ mats[picks] @ F.invert_matrices(s)
-    cand_score = score[picks]
     center = np.array(image_center(m_img.shape))
-    delta = step / 2.0
-    prev = coarse.factor
-    for i, level in enumerate(levels[1:], start=1):
-        if i == len(levels) - 1:  # full resolution is the expensive level: best candidate only
-            top = int(np.argmax(cand_score))
-            cand, cand_score = cand[top : top + 1], cand_score[top : top + 1]
-        window = math.ceil(prev / level.factor) + 1
-        cand_score, cand, centred = _refine_angle(level, cand, delta, window, center, min_overlap)
-        order = np.argsort(-cand_score)
-        delta /= 4.0 if centred[order[0]] else 2.0
-        keep = order[: max(1, len(cand) // 2)]
-        cand, cand_score = cand[keep], cand_score[keep]
-        prev = level.factor
+    s = levels[0].scale
+    cand = s @ mats[picks] @ F.invert_matrices(s)
+    mat, delta = _coarse_to_fine(levels, cand, score[picks], step / 2.0, center, min_overlap)
     fine = levels[-1]
-    mat = cand[:1]
     window = 2 if len(levels) > 1 else 1
     for _ in range(12):  # bounded: each step either shrinks delta or moves by delta
         if delta < angle_tol:

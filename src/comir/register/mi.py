@@ -50,6 +50,41 @@ def _sitk_threads(threads: int | None) -> Iterator[None]:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
+def _method(f, m, start_deg: float, bins: int, schedule, optimiser, threads):
+    """A SimpleITK registration method: Mattes MI over all pixels, regular-step gradient
+    descent, multi-resolution ``schedule = (shrink factors, sigmas)``, started at the
+    geometric centring rotated by ``start_deg`` about the fixed centre."""
+    import SimpleITK as sitk
+
+    init = sitk.CenteredTransformInitializer(
+        f, m, sitk.Euler2DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
+    c_f = init.GetFixedParameters()
+    init = to_sitk(RigidTransform.from_params(start_deg, center=c_f) @ from_sitk(init), c_f)
+    learning_rate, min_step, iterations = optimiser
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    # Full sampling: random subsampling makes multimodal MI markedly less reliable.
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=learning_rate,
+        minStep=min_step,
+        numberOfIterations=iterations,
+        relaxationFactor=0.5,
+        # MI gradients are tiny; ITK's default tolerance (1e-4) stops it early.
+        gradientMagnitudeTolerance=1e-8,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(schedule[0])
+    reg.SetSmoothingSigmasPerLevel(schedule[1])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(init, inPlace=False)
+    if threads is not None:
+        reg.SetNumberOfThreads(int(threads))
+    return reg
+
+
 @timed("mi")
 def register_mi(
     fixed: np.ndarray,
@@ -91,8 +126,6 @@ def register_mi(
     RegistrationResult
         ``score`` is the final mutual information (minus the metric SimpleITK minimises).
     """
-    import SimpleITK as sitk
-
     if threads is not None and int(threads) < 1:
         raise ComirError(f"mi: threads must be at least 1, got {threads}")
     if bins < 4:
@@ -107,35 +140,12 @@ def register_mi(
     # Images smaller than the coarsest shrink cannot be registered at that level.
     min_side = min(f.GetSize() + m.GetSize())
     shrink = [int(max(1, min(s, min_side // 8))) for s in shrink_factors]
+    schedule = (shrink, list(smoothing_sigmas))
+    optimiser = (learning_rate, min_step, int(iterations))
     best: tuple[float, object] | None = None
     errors = []
     for start in starts if starts is not None else (0.0,):
-        init = sitk.CenteredTransformInitializer(
-            f, m, sitk.Euler2DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
-        )
-        # the geometric initialiser's centring, then the start angle about the fixed centre
-        c_f = init.GetFixedParameters()
-        init = to_sitk(RigidTransform.from_params(float(start), center=c_f) @ from_sitk(init), c_f)
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
-        # Full sampling: random subsampling makes multimodal MI markedly less reliable.
-        reg.SetMetricSamplingStrategy(reg.NONE)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=learning_rate,
-            minStep=min_step,
-            numberOfIterations=int(iterations),
-            relaxationFactor=0.5,
-            # MI gradients are tiny; ITK's default tolerance (1e-4) stops it early.
-            gradientMagnitudeTolerance=1e-8,
-        )
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel(shrink)
-        reg.SetSmoothingSigmasPerLevel(list(smoothing_sigmas))
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-        reg.SetInitialTransform(init, inPlace=False)
-        if threads is not None:
-            reg.SetNumberOfThreads(int(threads))
+        reg = _method(f, m, float(start), int(bins), schedule, optimiser, threads)
         try:
             with _sitk_threads(threads):
                 out = reg.Execute(f, m)
