@@ -468,6 +468,21 @@ def test_two_runs_give_identical_errors(tmp_path: Path, method):
     assert runs[0] == runs[1]  # the same digits, pair for pair
 
 
+@pytest.mark.slow
+def test_shared_pool_gives_the_in_process_results(monomodal_set: Path, tmp_path: Path):
+    from comir.evaluate import registration_pool
+
+    cols = ["Filename", "Error", "Status"]
+    ref = evaluate(monomodal_set, method="mi", out=tmp_path / "one", workers=1, progress=False)
+    want = [[r[c] for c in cols] for r in read_csv(tmp_path / "one" / "results.csv")]
+    with registration_pool(2) as pool:
+        for method in ("mi", "mi"):  # the pool serves several evaluations
+            s = evaluate(monomodal_set, method=method, out=tmp_path / "p", pool=pool,
+                         progress=False)  # fmt: skip
+            got = [[r[c] for c in cols] for r in read_csv(tmp_path / "p" / "results.csv")]
+            assert got == want and s["success_rate"] == ref["success_rate"]
+
+
 def test_public_release_layout_tif(multimodal_set: Path, tmp_path: Path):
     """A set laid out as the Zenodo release: .tif patches, extra CSV columns, integer corners."""
     pub = tmp_path / "Zurich_patches" / "fold1"

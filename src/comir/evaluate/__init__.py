@@ -42,7 +42,7 @@ from comir.evaluate.protocol import (
     success_curve,
     translation_step,
 )
-from comir.evaluate.run import PairResult, evaluate
+from comir.evaluate.run import PairResult, evaluate, registration_pool
 from comir.evaluate.score import finish
 from comir.evaluate.sets import EvalLevel, find_levels, read_level, read_patch
 from comir.evaluate.shards import SHARD_FORMAT, merge_shards, shard_status
@@ -73,6 +73,7 @@ __all__ = [
     "patch_encoder",
     "read_level",
     "read_patch",
+    "registration_pool",
     "shard_status",
     "success_curve",
     "translation_step",

@@ -152,35 +152,59 @@ def default_workers(n_pairs: int) -> int:
     return max(1, min(os.cpu_count() or 1, 4, -(-n_pairs // PAIRS_PER_WORKER)))
 
 
-def run_tasks(tasks: Sequence[PairTask], workers: int | None, progress: bool) -> list[PairResult]:
-    """:func:`register_pair` over ``tasks``, in a spawn process pool when workers > 1;
-    results sorted by index."""
+def registration_pool(workers: int):
+    """A spawn process pool of ``workers`` registration processes (one library thread each)
+    that several :func:`evaluate` calls can share (``pool=``), paying the start-up once.
+
+    Use it as a context manager; scripts need the usual ``if __name__ == "__main__":``.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    return ProcessPoolExecutor(int(workers), ctx, initializer=_init_worker, initargs=(1,))
+
+
+def run_tasks(
+    tasks: Sequence[PairTask], workers: int | None, progress: bool, pool=None
+) -> list[PairResult]:
+    """:func:`register_pair` over ``tasks``: in ``pool`` (an executor) when given, else in a
+    spawn process pool of its own when workers > 1; results sorted by index."""
     if workers is None:
         workers = default_workers(len(tasks))
     workers = max(1, min(int(workers), len(tasks)))
     bar = progress_bar(len(tasks), "register", progress, unit="pair")
-    results = []
-    if workers == 1:
+    if pool is None and workers == 1:
         with _single_threaded_itk():
+            results = []
             for t in tasks:
                 results.append(register_pair(t))
                 bar.update(1)
+    elif pool is None:
+        with registration_pool(workers) as own:
+            results = _in_pool(own, tasks, bar, shutdown=True)
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(1,)) as pool:
-            futures = [pool.submit(register_pair, t) for t in tasks]
-            try:
-                for f in as_completed(futures):
-                    results.append(f.result())
-                    bar.update(1)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        results = _in_pool(pool, tasks, bar, shutdown=False)
     bar.close()
     return sorted(results, key=lambda r: r.index)
+
+
+def _in_pool(pool, tasks: Sequence[PairTask], bar, shutdown: bool) -> list[PairResult]:
+    from concurrent.futures import as_completed
+
+    futures = [pool.submit(register_pair, t) for t in tasks]
+    results = []
+    try:
+        for f in as_completed(futures):
+            results.append(f.result())
+            bar.update(1)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        if shutdown:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    return results
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -236,7 +260,7 @@ def _embedded_tasks(pairs, model, eval_dir, direction, cache: Path, progress, me
 
 
 def compute_pairs(pairs: Sequence[Pair], method, options: dict, model, eval_dir,
-                  direction: str, out: Path, workers, progress: bool):  # fmt: skip
+                  direction: str, out: Path, workers, progress: bool, pool=None):  # fmt: skip
     """Register ``pairs`` (through the model's CoMIRs when given).
 
     Returns
@@ -253,7 +277,7 @@ def compute_pairs(pairs: Sequence[Pair], method, options: dict, model, eval_dir,
             tasks, embed_seconds = _embedded_tasks(
                 pairs, model, eval_dir, direction, Path(tmp), progress, method, options
             )
-        return run_tasks(tasks, workers, progress), embed_seconds
+        return run_tasks(tasks, workers, progress, pool), embed_seconds
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -306,6 +330,7 @@ def evaluate(
     workers: int | None = None,
     progress: bool = True,
     shard: tuple[int, int] | str | None = None,
+    pool=None,
     **method_options,
 ) -> dict:
     """Register every pair of an evaluation set and score it by the public protocol.
@@ -333,6 +358,9 @@ def evaluate(
         ``min(cpu, 4)``; 1 runs in this process). The pool
         uses the ``spawn`` start method, so a script calling this with workers > 1 needs the
         usual ``if __name__ == "__main__":`` guard.
+    pool : concurrent.futures.Executor, optional
+        Register in this pool (e.g. :func:`registration_pool`, shared by several
+        evaluations so that its processes start once) instead of ``workers``.
     shard : (I, N) or "I/N", optional
         Register only the ``I``-th of ``N`` interleaved parts of the pairs sorted by
         (level, Filename) (:func:`comir.batch.shard_indices`) into
@@ -368,7 +396,7 @@ def evaluate(
 
     def compute():
         args = (method, method_options, model, eval_dir, direction, out, workers, progress)
-        return compute_pairs(own, *args)
+        return compute_pairs(own, *args, pool=pool)
 
     if shard is None:
         results, embed_seconds = compute()
