@@ -8,6 +8,10 @@ with one back-end of :func:`comir.register.register`, and writes into ``out_dir`
   moving image centre, plus method, score, model and file names);
 * ``transform.tfm`` — the same map as an ITK transform file (fixed → moving, centred at
   the moving image centre), for ``sitk.ReadTransform`` + ``sitk.Resample``;
+* ``transform_ngff.json`` — the same map as OME-NGFF 0.6 coordinate transformations
+  (:func:`comir.transform.save_ngff`);
+* ``landmarks.json`` — with ``landmarks=(fixed_csv, moving_csv)``: TRE / rTRE of the
+  moving landmarks mapped onto the fixed ones (:mod:`comir.landmarks`);
 * ``<moving stem>_registered<suffix>`` — the original moving image (not its CoMIR)
   warped into the fixed frame, in the moving file's dtype;
 * ``overlay.png`` — fixed, moving and colour overlays before/after.
@@ -23,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from comir.errors import ComirError
+from comir.landmarks import LandmarkErrors
 from comir.register.base import RegistrationResult
 
 PathLike = str | os.PathLike
@@ -50,6 +56,9 @@ class FileRegistration:
     transform_tfm: Path | None = None
     registered: Path | None = None
     overlay: Path | None = None
+    transform_ngff: Path | None = None
+    landmarks: LandmarkErrors | None = None
+    landmarks_json: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -86,6 +95,7 @@ def register_files(
     model=None,
     fixed_modality: str = "a",
     device: str = "auto",
+    landmarks: tuple[PathLike, PathLike] | None = None,
     **options,
 ) -> FileRegistration:
     """Rigidly register the image in ``moving_path`` onto ``fixed_path``; write the results.
@@ -105,6 +115,9 @@ def register_files(
         Modality of the fixed image with ``model``; the moving image is the other one.
     device : str
         Device of the model (``auto``, ``cpu``, ``cuda``, ``mps``).
+    landmarks : (fixed_csv, moving_csv), optional
+        Paired landmark files (:func:`comir.landmarks.read_points`), read before
+        registering; their TRE is returned and written to ``landmarks.json``.
     **options
         Back-end options, e.g. ``preset="public"`` for ``sift``.
 
@@ -116,18 +129,20 @@ def register_files(
     Raises
     ------
     ComirError
-        Unknown method or option, unreadable files, unusable images.
+        Unknown method or option, unreadable images or landmark files, unusable images.
     """
-    from comir.io import read_image, write_image
+    from comir.io import read_image, write_image, write_text
+    from comir.landmarks import landmark_errors
     from comir.plot import plot_registration_overlay
     from comir.register import available_methods, register
-    from comir.transform import image_center, save_itk_tfm
+    from comir.transform import image_center, save_itk_tfm, save_ngff
 
     if method not in available_methods():
         raise ComirError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     if fixed_modality not in ("a", "b"):
         raise ComirError(f"fixed_modality must be 'a' or 'b', got {fixed_modality!r}")
     fixed, moving = read_image(fixed_path), read_image(moving_path)
+    points = _read_landmarks(landmarks, fixed.shape, moving.shape)
     f_in, m_in = _inputs(fixed, moving, (fixed_path, moving_path), model, fixed_modality, device)
     res = register(f_in, m_in, method=method, **options)
     center = image_center(moving.shape)
@@ -141,6 +156,7 @@ def register_files(
         model=None if name is None else str(name), fixed=str(fixed_path), moving=str(moving_path),
     )  # fmt: skip
     save_itk_tfm(res.transform, out / "transform.tfm", center=center)
+    ngff = save_ngff(res.transform, out / "transform_ngff.json", fixed.shape[:2])
     warped = res.transform.warp(moving, fixed.shape[:2])
     suffix = moving_path.suffix.lower()
     reg_path = write_image(out / f"{moving_path.stem}_registered{suffix}", warped)
@@ -150,6 +166,32 @@ def register_files(
         title=f"{method}{' on CoMIRs' if model is not None else ''}: rotation "
         f"{res.transform.angle_deg:.2f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px",
     )  # fmt: skip
+    errors = lm_json = None
+    if points is not None:
+        errors = landmark_errors(res.transform, *points, fixed.shape)
+        lm_json = out / "landmarks.json"
+        files = {"fixed_landmarks": str(landmarks[0]), "moving_landmarks": str(landmarks[1])}
+        write_text(lm_json, json.dumps({**files, **errors.to_dict()}, indent=2) + "\n")
     return FileRegistration(
-        res, center, out / "transform.json", out / "transform.tfm", reg_path, overlay
-    )
+        res, center, out / "transform.json", out / "transform.tfm", reg_path, overlay,
+        ngff, errors, lm_json,
+    )  # fmt: skip
+
+
+def _read_landmarks(landmarks, fixed_shape, moving_shape):
+    """``(fixed_points, moving_points)`` ``(N, 2)`` of the two CSVs, or None."""
+    from comir.landmarks import check_inside, read_points
+
+    if landmarks is None:
+        return None
+    if len(landmarks) != 2 or any(p is None for p in landmarks):
+        raise ComirError("landmarks: give both files, (fixed_csv, moving_csv)")
+    fixed, moving = read_points(landmarks[0]), read_points(landmarks[1])
+    if len(fixed.points) != len(moving.points):
+        raise ComirError(
+            f"{landmarks[1]}: {len(moving.points)} landmarks but {landmarks[0]} has "
+            f"{len(fixed.points)}; the files must pair row by row"
+        )
+    check_inside(fixed.points, fixed_shape, str(landmarks[0]))
+    check_inside(moving.points, moving_shape, str(landmarks[1]))
+    return fixed.points, moving.points

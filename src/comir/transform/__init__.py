@@ -27,7 +27,9 @@ The family
 ``compose``/``@``, ``warp``, ``to_dict``, ``save``). Matrix kinds nest
 :class:`RigidTransform` ⊂ :class:`SimilarityTransform` ⊂ :class:`AffineTransform`
 (composing two gives the more general one); :class:`CompositeTransform` chains any of
-them. :mod:`comir.transform.functional` holds the batched matrix functions the rest of
+them, including the non-linear :class:`DisplacementField` (:mod:`comir.transform.field`;
+a grid of displacements, stored moving → fixed or, as optimisers produce it, fixed →
+moving). :mod:`comir.transform.functional` holds the batched matrix functions the rest of
 comir builds on.
 
 Examples
@@ -47,12 +49,18 @@ import numpy as np
 from comir.transform import functional
 from comir.transform.base import Transform
 from comir.transform.composite import CompositeTransform, InverseTransform
+from comir.transform.field import DisplacementField
 from comir.transform.files import (
+    displacement_image_array,
     from_elastix_params,
     from_sitk,
+    from_sitk_displacement,
     itk_tfm_text,
     load_transform,
+    ngff_dict,
     save_itk_tfm,
+    save_ngff,
+    save_sitk_displacement,
     save_transform,
     to_sitk,
     transform_from_dict,
@@ -77,6 +85,7 @@ def corner_error(
 __all__ = [
     "AffineTransform",
     "CompositeTransform",
+    "DisplacementField",
     "InverseTransform",
     "MatrixTransform",
     "RigidTransform",
@@ -85,14 +94,19 @@ __all__ = [
     "as_kind",
     "corner_error",
     "corner_errors",
+    "displacement_image_array",
     "from_elastix_params",
     "from_sitk",
+    "from_sitk_displacement",
     "functional",
     "image_center",
     "itk_tfm_text",
     "load_transform",
+    "ngff_dict",
     "patch_corners",
     "save_itk_tfm",
+    "save_ngff",
+    "save_sitk_displacement",
     "save_transform",
     "to_sitk",
     "transform_from_dict",
