@@ -151,11 +151,12 @@ def test_json_round_trip_is_exact(tmp_path):
             "holds 1 values",
         ),  # fmt: skip
         ([1, 2, 3], "JSON object"),
+        ("#Insight Transform File V1.0", "ITK/elastix file"),
     ],
 )
 def test_bad_transform_files_are_one_line_errors(tmp_path, content, word):
-    path = tmp_path / "t.json"
-    path.write_text(json.dumps(content))
+    path = tmp_path / ("t.tfm" if isinstance(content, str) else "t.json")
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(ComirError, match=word) as exc:
         load_transform(path)
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)
@@ -231,3 +232,18 @@ def test_grid_mismatch_is_an_error():
     check_grids(coarse, (32, 33), (50, 50), "t.json")  # nodes 0..32 span 0..31
     with pytest.raises(ComirError, match=r"t\.json: .* fixed image is 64x64"):
         check_grids(f, (64, 64), (32, 32), "t.json")
+
+
+def test_sitk_field_with_origin_and_spacing_maps_points_like_itk():
+    import SimpleITK as sitk
+
+    v = smooth_field((9, 12), 2.0, seed=9, sigma=2.0)
+    img = sitk.GetImageFromArray(v, isVector=True)
+    img.SetOrigin((-3.0, 2.5))
+    img.SetSpacing((4.0, 3.0))
+    f = from_sitk_displacement(img)
+    assert f.origin == (-3.0, 2.5) and f.spacing == (4.0, 3.0)
+    tx = sitk.DisplacementFieldTransform(sitk.Image(img))
+    pts = np.random.default_rng(10).uniform((-3, 2.5), (-3 + 44, 2.5 + 24), (50, 2))
+    itk = np.array([tx.TransformPoint(tuple(p)) for p in pts])  # fixed -> moving
+    np.testing.assert_allclose(f.apply_inverse(pts), itk, atol=1e-5)

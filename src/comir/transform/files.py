@@ -78,6 +78,12 @@ def load_transform(path: str | os.PathLike) -> Transform:
     path = Path(path)
     if not path.is_file():
         raise ComirError(f"{path}: transform file not found; check the path")
+    if path.suffix.lower() in (".tfm", ".txt", ".nii", ".gz", ".mha", ".nrrd"):
+        raise ComirError(
+            f"{path}: an ITK/elastix file, not a comir transform JSON; pass the transform.json "
+            "written next to it (or convert with comir.transform.from_sitk / "
+            "from_sitk_displacement)"
+        )
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
