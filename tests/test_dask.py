@@ -49,15 +49,16 @@ def eval_set(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client():
-    """One 2-process LocalCluster for the module, always closed."""
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster, timeout=30) as c,
-    ):
+    """One ``local:2`` cluster (comir's own start-up path) for the module, always closed."""
+    pytest.importorskip("distributed")
+    with scale.open_client("local:2") as c:
+        assert len(c.scheduler_info()["workers"]) == 2
+        assert c.run_on_scheduler(_allowed_failures) == scale.RETRIES
         yield c
+
+
+def _allowed_failures(dask_scheduler=None):
+    return dask_scheduler.allowed_failures
 
 
 def _rows(path: Path) -> list[dict]:
@@ -108,12 +109,12 @@ def test_dead_scheduler_is_one_line_error_fast(eval_set, tmp_path, monkeypatch, 
 
 # ----------------------------------------------------------------------------- evaluate
 @pytest.mark.slow
-def test_evaluate_local_cluster_same_rows_as_in_process(eval_set, tmp_path):
+def test_evaluate_cli_on_scheduler_address_same_rows_as_in_process(eval_set, client, tmp_path):
     evaluate(eval_set, "fft", out=tmp_path / "inproc", workers=1, progress=False)
-    argv = ["evaluate", str(eval_set), "--method", "fft", "--quiet"]
-    assert main([*argv, "--out", str(tmp_path / "dask"), "--scheduler", "local:2"]) == 0
+    argv = ["evaluate", str(eval_set), "--method", "fft", "--quiet", "--out", str(tmp_path / "d")]
+    assert main([*argv, "--scheduler", client.scheduler.address]) == 0
     want = _rows(tmp_path / "inproc" / "results.csv")
-    assert len(want) == 12 and _rows(tmp_path / "dask" / "results.csv") == want
+    assert len(want) == 12 and _rows(tmp_path / "d" / "results.csv") == want
 
 
 @pytest.mark.slow

@@ -70,6 +70,13 @@ def parse_scheduler(spec: str) -> SchedulerSpec:
     return SchedulerSpec(False, address=s if "://" in s else f"tcp://{s}")
 
 
+def check_scheduler(scheduler: Any) -> None:
+    """Reject an invalid spec string before any work starts (even when nothing is left to
+    do); a Client or cluster object passes."""
+    if isinstance(scheduler, str):
+        parse_scheduler(scheduler)
+
+
 def _import_distributed():
     try:
         import distributed
@@ -112,7 +119,7 @@ def _local_cluster(distributed, n_workers: int | None):
     with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}):
         cluster = distributed.LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,
         )  # fmt: skip
     try:
         yield cluster
@@ -181,8 +188,11 @@ def map_items(client, fn: Callable, items: Sequence[Any], progress: bool, desc: 
 
 
 def _one_line(exc: BaseException | None) -> str:
-    text = " ".join(str(exc).split()) if exc is not None else ""
+    """``"Type: message"`` on one line (Dask's long KilledWorker text shortened)."""
     name = type(exc).__name__ if exc is not None else "Error"
+    if name == "KilledWorker":
+        return f"{name}: its worker process died on every try"
+    text = " ".join(str(exc).split()) if exc is not None else ""
     return f"{name}: {text}" if text else name
 
 
@@ -213,6 +223,7 @@ def register_tasks(tasks: Sequence, scheduler: Any, progress: bool) -> list:
     """
     from comir.evaluate.run import PairResult
 
+    check_scheduler(scheduler)
     if not tasks:
         return []
     with open_client(scheduler) as client:
@@ -298,6 +309,7 @@ def embed_paths(model, jobs: list[tuple[Path, Path]], settings: dict, scheduler:
     to the workers). Raises :class:`ComirError` naming the failed files after the others
     finished (one warning each); their outputs are absent, so a rerun redoes just them.
     """
+    check_scheduler(scheduler)
     if not jobs:
         return
     key = _model_key(model)
