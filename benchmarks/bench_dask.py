@@ -120,9 +120,9 @@ def main() -> None:
     line("evaluate_noop_dask_ms_per_pair", 1e3 * dask_noop / n_pairs, "ms",
          1e3 * inproc_noop / n_pairs,
          f"identity back-end (patches still read), {n} workers; baseline: in-process")  # fmt: skip
+    note = f"{args.items} no-op futures via comir.scale.map_items; baseline: Python loop"
     line("dask_future_overhead_ms_per_item", 1e3 * bare / args.items, "ms",
-         1e3 * local / args.items,
-         f"{args.items} no-op futures via comir.scale.map_items; baseline: Python loop")  # fmt: skip
+         1e3 * local / args.items, note)  # fmt: skip
     print(json.dumps({"name": "load_average_1min", "value": os.getloadavg()[0], "unit": "",
                       "baseline": None, "ratio": None,
                       "notes": f"{os.cpu_count()} cores"}))  # fmt: skip

@@ -183,8 +183,8 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", metavar="I/N", help="embed only part I (0-based) of N of the inputs")
     p.add_argument(
         "--scheduler", metavar="local[:N]|ADDRESS",
-        help="one Dask task per file: local:N starts N worker processes, tcp://host:8786 connects to a "
-        "running scheduler (needs comir[dask]; docs/dask.md)",
+        help="one Dask task per file: local:N starts N worker processes, tcp://host:8786 "
+        "connects to a running scheduler (needs comir[dask]; docs/dask.md)",
     )  # fmt: skip
     p.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
@@ -354,8 +354,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="registration processes (≤ 4)")
     p.add_argument(
         "--scheduler", metavar="local[:N]|ADDRESS",
-        help="one Dask task per pair: local:N starts N worker processes, tcp://host:8786 connects to a "
-        "running scheduler (needs comir[dask]; docs/dask.md)",
+        help="one Dask task per pair: local:N starts N worker processes, tcp://host:8786 "
+        "connects to a running scheduler (needs comir[dask]; docs/dask.md)",
     )  # fmt: skip
     p.add_argument(
         "--shard", metavar="I/N",
