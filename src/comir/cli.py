@@ -182,6 +182,11 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--shard", metavar="I/N", help="embed only part I (0-based) of N of the inputs")
     p.add_argument(
+        "--scheduler", metavar="local[:N]|ADDRESS",
+        help="one Dask task per file: local:N starts N worker processes, tcp://host:8786 "
+        "connects to a running scheduler (needs comir[dask]; docs/dask.md)",
+    )  # fmt: skip
+    p.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
         help="inference precision (fp32; bf16 is ~2.5x faster on CPUs with AMX/AVX512-BF16)",
     )  # fmt: skip
@@ -215,6 +220,7 @@ def _embed_command(args: argparse.Namespace) -> int:
         max_pixels=int(args.max_pixels) if args.max_pixels > 0 else None,
         shard=args.shard,
         progress=not args.quiet,
+        scheduler=args.scheduler,
     )
     part = f" (shard {args.shard})" if args.shard else ""
     print(
@@ -420,6 +426,11 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RES", help="results folder (required unless --merge)")
     p.add_argument("--workers", type=int, metavar="N", help="registration processes (≤ 4)")
     p.add_argument(
+        "--scheduler", metavar="local[:N]|ADDRESS",
+        help="one Dask task per pair: local:N starts N worker processes, tcp://host:8786 "
+        "connects to a running scheduler (needs comir[dask]; docs/dask.md)",
+    )  # fmt: skip
+    p.add_argument(
         "--shard", metavar="I/N",
         help="register only part I (0-based) of N of the pairs into RES/shards/; the last "
         "shard to finish merges all of them",
@@ -444,7 +455,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         s = evaluate(
             args.eval_dir, method=args.method, model=args.model, direction=args.direction,
             out=args.out, workers=args.workers, progress=not args.quiet, shard=args.shard,
-            **_parse_options(args.option),
+            scheduler=args.scheduler, **_parse_options(args.option),
         )  # fmt: skip
     if s.get("complete") is False:
         print(

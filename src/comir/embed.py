@@ -420,6 +420,7 @@ def embed_files(
     max_pixels: int | None = MAX_PIXELS,
     shard: tuple[int, int] | str | None = None,
     progress: bool = False,
+    scheduler=None,
 ) -> list[Path]:
     """Embed image files into ``out_dir/<stem>.<fmt>`` (atomic writes, resumable).
 
@@ -443,6 +444,9 @@ def embed_files(
         (:func:`comir.batch.shard_indices`).
     progress : bool
         Show a progress bar (images, and tiles of streamed images).
+    scheduler : ``"local[:N]"``, a Dask address, Client or cluster, optional
+        Embed one file per Dask future (:mod:`comir.scale`, docs/dask.md); each worker
+        loads the model once. Failed files are named, then a :class:`ComirError`.
 
     Returns
     -------
@@ -465,6 +469,12 @@ def embed_files(
         remove_stale_parts(outs[k])
         if not (skip_existing and outs[k].is_file()):
             todo.append(k)
+    if scheduler is not None:
+        from comir.scale import embed_paths
+
+        settings = dict(modality=m, fmt=fmt, tile=tile, overlap=overlap, max_pixels=max_pixels)
+        embed_paths(model, [(paths[k], outs[k]) for k in todo], settings, scheduler, progress)
+        return [outs[k] for k in mine]
     bar = progress_bar(len(todo), "embed", progress, unit="img")
     try:
         for k in todo:

@@ -166,10 +166,15 @@ def registration_pool(workers: int):
 
 
 def run_tasks(
-    tasks: Sequence[PairTask], workers: int | None, progress: bool, pool=None
+    tasks: Sequence[PairTask], workers: int | None, progress: bool, pool=None, scheduler=None
 ) -> list[PairResult]:
-    """:func:`register_pair` over ``tasks``: in ``pool`` (an executor) when given, else in a
-    spawn process pool of its own when workers > 1; results sorted by index."""
+    """:func:`register_pair` over ``tasks``: on a Dask ``scheduler`` (:mod:`comir.scale`), in
+    ``pool`` (an executor) when given, else in a spawn process pool of its own when
+    workers > 1; results sorted by index."""
+    if scheduler is not None:
+        from comir.scale import register_tasks
+
+        return sorted(register_tasks(tasks, scheduler, progress), key=lambda r: r.index)
     if workers is None:
         workers = default_workers(len(tasks))
     workers = max(1, min(int(workers), len(tasks)))
@@ -259,8 +264,8 @@ def _embedded_tasks(pairs, model, eval_dir, direction, cache: Path, progress, me
     return tasks, time.perf_counter() - t0
 
 
-def compute_pairs(pairs: Sequence[Pair], method, options: dict, model, eval_dir,
-                  direction: str, out: Path, workers, progress: bool, pool=None):  # fmt: skip
+def compute_pairs(pairs: Sequence[Pair], method, options: dict, model, eval_dir, direction: str,
+                  out: Path, workers, progress: bool, pool=None, scheduler=None):  # fmt: skip
     """Register ``pairs`` (through the model's CoMIRs when given).
 
     Returns
@@ -277,7 +282,7 @@ def compute_pairs(pairs: Sequence[Pair], method, options: dict, model, eval_dir,
             tasks, embed_seconds = _embedded_tasks(
                 pairs, model, eval_dir, direction, Path(tmp), progress, method, options
             )
-        return run_tasks(tasks, workers, progress, pool), embed_seconds
+        return run_tasks(tasks, workers, progress, pool, scheduler), embed_seconds
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -331,6 +336,7 @@ def evaluate(
     progress: bool = True,
     shard: tuple[int, int] | str | None = None,
     pool=None,
+    scheduler=None,
     **method_options,
 ) -> dict:
     """Register every pair of an evaluation set and score it by the public protocol.
@@ -361,6 +367,10 @@ def evaluate(
     pool : concurrent.futures.Executor, optional
         Register in this pool (e.g. :func:`registration_pool`, shared by several
         evaluations so that its processes start once) instead of ``workers``.
+    scheduler : ``"local[:N]"``, a Dask address, Client or cluster, optional
+        Register one pair per Dask future instead (:mod:`comir.scale`, docs/dask.md;
+        ``workers``/``pool`` are then unused); a pair failing twice on the cluster is a
+        failed pair. CoMIRs (``model``) are still computed in this process.
     shard : (I, N) or "I/N", optional
         Register only the ``I``-th of ``N`` interleaved parts of the pairs sorted by
         (level, Filename) (:func:`comir.batch.shard_indices`) into
@@ -396,7 +406,7 @@ def evaluate(
 
     def compute():
         args = (method, method_options, model, eval_dir, direction, out, workers, progress)
-        return compute_pairs(own, *args, pool=pool)
+        return compute_pairs(own, *args, pool=pool, scheduler=scheduler)
 
     if shard is None:
         results, embed_seconds = compute()
