@@ -160,8 +160,10 @@ def _train_command(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(opts, where=where)
     t0 = time.perf_counter()
     if args.nproc is not None and args.nproc > 1:
-        from comir.distributed import launch
+        from comir.distributed import World, check_sync_bn, launch
+        from comir.runtime import resolve_device
 
+        check_sync_bn(config.sync_bn, World(size=args.nproc, device=resolve_device(config.device)))
         opts = (config.to_dict(), str(args.out), args.resume, not args.quiet)
         run = Path(launch(args.nproc, _train_worker, *opts))
     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import uuid
 import warnings
@@ -272,10 +273,15 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
         monitor_interval=0.2,
         start_method="spawn",
     )
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    level = agent_log.level
+    agent_log.setLevel(logging.CRITICAL)  # its tracebacks: the one-line error below says it
     try:
         results = elastic_launch(config, _run_recorded)(fn, *args)
     except ChildFailedError as exc:
         raise ComirError(_failure_line(exc)) from None
+    finally:
+        agent_log.setLevel(level)
     return results.get(0) if isinstance(results, dict) else results
 
 
