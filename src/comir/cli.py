@@ -35,7 +35,7 @@ _TRAIN_FLAGS = (
     "layout", "a", "b", "val", "val_fraction", "preset", "steps", "epochs", "steps_per_epoch",
     "batch_size", "patch_size", "critic", "tau", "optimizer", "lr", "weight_decay", "l1", "l2",
     "latent_channels", "seed", "device", "workers", "norm", "norm_b", "log_a", "log_b",
-    "equivariance", "precision",
+    "equivariance", "precision", "sync_bn",
 )  # fmt: skip
 
 
@@ -57,7 +57,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="total steps (overrides --epochs)")
     p.add_argument("--epochs", type=int, metavar="E", help="epochs (default 10)")
     p.add_argument("--steps-per-epoch", type=int, metavar="S", help="steps per epoch (32)")
-    p.add_argument("--batch-size", type=int, help="pairs per batch (16)")
+    p.add_argument(
+        "--batch-size", type=int, help="pairs per batch, per process under torchrun/--nproc (16)"
+    )
     p.add_argument("--patch-size", type=int, help="patch side in pixels (128)")
     p.add_argument("--critic", choices=CRITICS, help="(mse; cosine needs --latent-channels 3)")
     p.add_argument("--tau", type=float, help=f"InfoNCE temperature ({DEFAULT_TAU})")
@@ -85,6 +87,15 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-equivariance", dest="equivariance", action="store_const", const=False,
         help="train without the C4 rotation wrapper",
+    )  # fmt: skip
+    p.add_argument(
+        "--nproc", type=int, metavar="N",
+        help="train data-parallel in N local processes (PyTorch elastic launcher; gloo on CPU, "
+        "nccl on CUDA); or run `torchrun --nproc-per-node N -m comir train ...` (1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sync-bn", action="store_const", const=True,
+        help="synchronise batch norm across processes (CUDA only)",
     )  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="TOML (or run config.json) of options")
     p.add_argument("--resume", action="store_true", help="continue RUN from its checkpoint")
@@ -148,7 +159,19 @@ def _train_command(args: argparse.Namespace) -> int:
     where = args.config or "options"
     config = TrainConfig.from_dict(opts, where=where)
     t0 = time.perf_counter()
-    run = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    if args.nproc is not None and args.nproc > 1:
+        from comir.distributed import World, check_sync_bn, launch
+        from comir.runtime import resolve_device
+
+        check_sync_bn(config.sync_bn, World(size=args.nproc, device=resolve_device(config.device)))
+        opts = (config.to_dict(), str(args.out), args.resume, not args.quiet)
+        run = Path(launch(args.nproc, _train_worker, *opts))
+    else:
+        run = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    from comir.distributed import is_main
+
+    if not is_main():  # under torchrun only rank 0 reports
+        return 0
     rows = read_metrics(run / "metrics.csv")
     vals = [r["val_loss"] for r in rows if not math.isnan(r["val_loss"])]
     last = rows[-1] if rows else {}
@@ -160,6 +183,13 @@ def _train_command(args: argparse.Namespace) -> int:
     )
     print(f"model: {run / 'model.safetensors'}  (metrics.csv, loss.png, config.json in {run})")
     return 0
+
+
+def _train_worker(config: dict, out: str, resume: bool, progress: bool) -> str:
+    """One process of ``comir train --nproc N`` (started by the elastic launcher)."""
+    from comir.train import TrainConfig, train
+
+    return str(train(TrainConfig.from_dict(config), out, resume=resume, progress=progress))
 
 
 def _embed_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Files of a training run folder: checkpoint, RNG state and ``metrics.csv``.
+"""Files of a training run folder: checks, checkpoint, RNG state and ``metrics.csv``.
 
 Everything is written atomically (:func:`comir.io.atomic_path`), so an interrupted run
 leaves either the previous or the new file, never half of one. Checkpoints are read with
@@ -8,7 +8,9 @@ leaves either the previous or the new file, never half of one. Checkpoints are r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -19,11 +21,15 @@ import torch
 
 from comir.errors import ComirError
 from comir.io import atomic_path, write_text
+from comir.train_config import RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
     "CHECKPOINT_NAME",
     "METRIC_COLUMNS",
+    "check_resume",
     "load_checkpoint",
+    "open_run_folder",
+    "rank_rng_state",
     "read_metrics",
     "rng_state",
     "save_checkpoint",
@@ -70,6 +76,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
 
 
+def rank_rng_state(ck: dict, rank: int, size: int, path: Path) -> dict[str, Any]:
+    """RNG state of ``rank`` of ``size`` processes from a checkpoint.
+
+    Data-parallel checkpoints hold one state per rank (``rng_ranks``); single-process ones
+    only ``rng``. A different number of processes cannot replay the run: refused.
+    """
+    states = ck.get("rng_ranks", [ck["rng"]])
+    if len(states) != size:
+        raise ComirError(
+            f"{path}: the run was trained with {len(states)} process(es), not {size}; "
+            f"resume it with {len(states)} (torchrun --nproc-per-node / comir train --nproc)"
+        )
+    return states[rank]
+
+
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """The global torch (and CUDA) RNG state plus ``generator``'s, for a checkpoint."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "c4": generator.get_state()}
@@ -112,3 +133,44 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
             {k: float(v) if v != "" else math.nan for k, v in row.items()}
             for row in csv.DictReader(fh)
         ]
+
+
+def check_resume(stored: dict, config: TrainConfig, run: Path) -> None:
+    """Refuse to resume ``run`` when a non-resumable option differs from ``stored``."""
+    old = stored.get("train", {})
+    new = config.to_dict()
+    # options added after a run was made count as their defaults
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    diff = sorted(
+        k for k in new if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k)
+    )
+    if diff:
+        raise ComirError(
+            f"{run}: cannot resume with changed option(s) {', '.join(diff)}; use the options "
+            "of the original run (see its config.json) or train into a new --out folder"
+        )
+
+
+def open_run_folder(folder: Path, config: TrainConfig, resume: bool) -> dict | None:
+    """Check the run folder; the stored ``config.json`` when resuming, else ``None``."""
+    ckpt = folder / "checkpoint" / CHECKPOINT_NAME
+    cfg_path = folder / "config.json"
+    if not resume:
+        # a bare config.json (a run that failed before its first epoch) may be overwritten
+        if (folder / "model.safetensors").exists() or ckpt.exists():
+            raise ComirError(
+                f"{folder}: already holds a training run; use --resume to continue it or "
+                "choose another --out folder"
+            )
+        return None
+    if not cfg_path.is_file() or not ckpt.is_file():
+        raise ComirError(
+            f"{folder}: nothing to resume (no config.json or checkpoint/{CHECKPOINT_NAME}); "
+            "train without --resume"
+        )
+    try:
+        stored = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ComirError(f"{cfg_path}: unreadable ({exc}); restore or delete the run") from None
+    check_resume(stored, config, folder)
+    return stored

@@ -22,7 +22,6 @@ epoch ending with a validation pass, a checkpoint and the metrics.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -34,15 +33,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from comir import distributed
+from comir.data.streams import stream_seed
+from comir.distributed import World
 from comir.errors import ComirError, warn
 from comir.io import write_text
 from comir.run_files import (
     CHECKPOINT_NAME,
     load_checkpoint,
+    open_run_folder,
+    rank_rng_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
     write_metrics,
+)
+from comir.run_files import (
+    check_resume as _check_resume,  # noqa: F401  (imported from here by older callers)
 )
 from comir.runtime import (
     autocast_dtype,
@@ -51,7 +58,7 @@ from comir.runtime import (
     save_weights,
     weights_state,
 )
-from comir.train_config import RESUMABLE_CHANGES, TrainConfig
+from comir.train_config import TrainConfig
 
 __all__ = [
     "COLLAPSE_LOSS",
@@ -89,15 +96,6 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> tuple[bool, 
         )
     dtype = autocast_dtype(p)
     return dtype is not None, torch.float32 if dtype is None else dtype
-
-
-def stream_seed(seed: int, step: int, purpose: int = 0) -> int:
-    """Seed derived from ``(seed, purpose, step)``.
-
-    ``purpose`` 0 is the data stream of the epoch starting at ``step`` (so resuming
-    replays it exactly), 1 the C4 rotations, 2 the global RNG (dropout).
-    """
-    return int(np.random.SeedSequence([int(seed), int(purpose), int(step)]).generate_state(1)[0])
 
 
 def build_model(config: TrainConfig, in_channels_a: int, in_channels_b: int):
@@ -274,7 +272,7 @@ def _validation_batches(val_pairs, config: TrainConfig, device: torch.device) ->
     return [(xa.to(device), xb.to(device)) for xa, xb in batches]
 
 
-def _epoch_stream(pairs, config: TrainConfig, start_step: int) -> Iterator:
+def _epoch_stream(pairs, config: TrainConfig, start_step: int, rank: int = 0) -> Iterator:
     from comir.data import AugmentConfig, make_loader
 
     try:
@@ -286,7 +284,7 @@ def _epoch_stream(pairs, config: TrainConfig, start_step: int) -> Iterator:
         config.patch_size,
         config.batch_size,
         augment,
-        stream_seed(config.seed, start_step),
+        stream_seed(config.seed, start_step, rank=rank),
         config.workers,
     )
 
@@ -298,9 +296,10 @@ class _Run:
 
     config: TrainConfig
     folder: Path
-    device: torch.device
+    world: World  # this process's rank; world.device is the device
     pairs: Any  # comir.data.PairSet, the training images
-    model: torch.nn.Module  # comir.model.EncoderPair
+    model: torch.nn.Module  # comir.model.EncoderPair (saved, validated)
+    net: torch.nn.Module  # what steps call: model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loss_fn: torch.nn.Module  # comir.losses.InfoNCELoss
@@ -318,6 +317,10 @@ class _Run:
     bar: Any = None
 
     @property
+    def device(self) -> torch.device:
+        return self.world.device
+
+    @property
     def checkpoint(self) -> Path:
         return self.folder / "checkpoint" / CHECKPOINT_NAME
 
@@ -326,68 +329,35 @@ class _Run:
         return self.seconds0 + time.perf_counter() - self.t0
 
 
-def _check_resume(stored: dict, config: TrainConfig, run: Path) -> None:
-    old = stored.get("train", {})
-    new = config.to_dict()
-    # options added after a run was made count as their defaults
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    diff = sorted(
-        k for k in new if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k)
-    )
-    if diff:
-        raise ComirError(
-            f"{run}: cannot resume with changed option(s) {', '.join(diff)}; use the options "
-            "of the original run (see its config.json) or train into a new --out folder"
-        )
-
-
-def _open_folder(folder: Path, config: TrainConfig, resume: bool) -> dict | None:
-    """Check the run folder; the stored ``config.json`` when resuming, else ``None``."""
-    ckpt = folder / "checkpoint" / CHECKPOINT_NAME
-    cfg_path = folder / "config.json"
-    if not resume:
-        # a bare config.json (a run that failed before its first epoch) may be overwritten
-        if (folder / "model.safetensors").exists() or ckpt.exists():
-            raise ComirError(
-                f"{folder}: already holds a training run; use --resume to continue it or "
-                "choose another --out folder"
-            )
-        return None
-    if not cfg_path.is_file() or not ckpt.is_file():
-        raise ComirError(
-            f"{folder}: nothing to resume (no config.json or checkpoint/{CHECKPOINT_NAME}); "
-            "train without --resume"
-        )
-    try:
-        stored = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ComirError(f"{cfg_path}: unreadable ({exc}); restore or delete the run") from None
-    _check_resume(stored, config, folder)
-    return stored
-
-
-def _build_run(config: TrainConfig, folder: Path, device: torch.device, stored: dict | None):
-    """Load the data and build model, optimiser, scaler, loss and C4 generator."""
+def _build_run(config: TrainConfig, folder: Path, world: World, stored: dict | None):
+    """Load the data and build model (DDP-wrapped when distributed), optimiser, scaler,
+    loss (negatives from the global batch) and C4 generator."""
     from comir.losses.infonce import InfoNCELoss
 
+    device = world.device
+    distributed.check_sync_bn(config.sync_bn, world)
     pairs, val_pairs = _load_data(config, stored["data"] if stored else None)
     model = build_model(config, pairs.images_a[0].shape[2], pairs.images_b[0].shape[2])
     channels_last = device.type == "cuda"
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    net = distributed.DataParallelPair(model, world, config.sync_bn) if world.distributed else model
     amp, amp_dtype = resolve_precision(config, device)
     optimizer = make_optimizer(config, model.parameters())
     return _Run(
         config=config,
         folder=folder,
-        device=device,
+        world=world,
         pairs=pairs,
         model=model,
+        net=net,
         optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16),
-        loss_fn=InfoNCELoss(config.critic, config.tau),
-        generator=torch.Generator().manual_seed(stream_seed(config.seed, 0, purpose=1)),
+        loss_fn=InfoNCELoss(config.critic, config.tau, gather_distributed=world.distributed),
+        generator=torch.Generator().manual_seed(
+            stream_seed(config.seed, 0, purpose=1, rank=world.rank)
+        ),
         amp=amp,
         amp_dtype=amp_dtype,
         channels_last=channels_last,
@@ -402,7 +372,9 @@ def _restore(run: _Run) -> None:
         load_weights_state(run.model, ck["model"], str(run.checkpoint))
         run.optimizer.load_state_dict(ck["optimizer"])
         run.scaler.load_state_dict(ck["scaler"])
-        set_rng_state(ck["rng"], run.generator)
+        set_rng_state(
+            rank_rng_state(ck, run.world.rank, run.world.size, run.checkpoint), run.generator
+        )
         run.step = int(ck["step"])
         run.rows = [dict(r) for r in ck["metrics"]]
         run.seconds0 = float(ck["seconds"])
@@ -438,7 +410,7 @@ def _train_one_step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], epoch: 
     cfg, dev = run.config, run.device
     xa, xb = (x.to(dev, non_blocking=True) for x in batch)
     stats = train_step(
-        run.model,
+        run.net,
         (xa, xb),
         run.loss_fn,
         run.optimizer,
@@ -480,14 +452,14 @@ def _log_step(run: _Run, stats: dict[str, float], epoch: int) -> None:
             "seconds": run.seconds(),
         }
     )
-    if run.bar is not None:
+    if run.bar is not None:  # rank 0 only
         run.bar.update(1)
         run.bar.set_postfix(loss=f"{run.running:.4f}", std=f"{stats['out_std']:.3g}")
 
 
 def _check_collapse(run: _Run, stats: dict[str, float]) -> None:
     """Warn once when the running loss falls below :data:`COLLAPSE_LOSS`."""
-    if run.warned or run.step < min(10, run.config.total_steps()):
+    if run.warned or not run.world.main or run.step < min(10, run.config.total_steps()):
         return
     if not run.running < COLLAPSE_LOSS:
         return
@@ -504,7 +476,7 @@ def _run_epoch(run: _Run) -> None:
     cfg = run.config
     epoch = run.step // cfg.steps_per_epoch
     start = epoch * cfg.steps_per_epoch
-    stream = _epoch_stream(run.pairs, cfg, start)
+    stream = _epoch_stream(run.pairs, cfg, start, run.world.rank)
     for _ in range(run.step - start):  # replay a partly done epoch
         next(stream)
     end = min(start + cfg.steps_per_epoch, cfg.total_steps())
@@ -514,8 +486,15 @@ def _run_epoch(run: _Run) -> None:
 
 
 def _end_epoch(run: _Run, epoch: int) -> None:
-    """Validation loss, checkpoint (atomic), ``metrics.csv`` and ``loss.png``."""
-    val = validation_loss(run.model, run.val_batches, run.loss_fn)
+    """Validation loss, checkpoint (atomic), ``metrics.csv`` and ``loss.png``; rank 0
+    writes them, with the RNG states of all ranks."""
+    from comir.losses.infonce import InfoNCELoss
+
+    rngs = distributed.all_gather_objects(run.world, rng_state(run.generator))
+    if not run.world.main:
+        return
+    local_loss = InfoNCELoss(run.config.critic, run.config.tau)  # no collectives on rank 0
+    val = validation_loss(run.model, run.val_batches, local_loss)
     run.rows[-1]["val_loss"] = val
     run.rows[-1]["seconds"] = run.seconds()
     state = {
@@ -523,7 +502,8 @@ def _end_epoch(run: _Run, epoch: int) -> None:
         "model": weights_state(run.model),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
-        "rng": rng_state(run.generator),
+        "rng": rngs[0],
+        **({"rng_ranks": rngs} if run.world.distributed else {}),
         "metrics": run.rows,
         "seconds": run.rows[-1]["seconds"],
     }
@@ -536,7 +516,7 @@ def _end_epoch(run: _Run, epoch: int) -> None:
 def _run_epochs(run: _Run, progress: bool) -> None:
     """Epochs until ``config.total_steps()``, with a tqdm bar when ``progress``."""
     total = run.config.total_steps()
-    if progress:
+    if progress and run.world.main:
         from tqdm.auto import tqdm
 
         run.bar = tqdm(total=total, initial=run.step, desc="train", unit="step", dynamic_ncols=True)
@@ -571,7 +551,12 @@ def train(
         Continue from ``RUN/checkpoint/last.pt`` to ``config.total_steps()``; on CPU the
         final weights equal those of an uninterrupted run.
     progress : bool
-        Show a tqdm bar with the running loss.
+        Show a tqdm bar with the running loss (rank 0).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this: each draws its own
+    patch stream of ``config.batch_size`` pairs (the per-rank batch), gradients are averaged
+    by DDP, InfoNCE negatives come from the global batch and rank 0 writes the run folder
+    (:mod:`comir.distributed`, docs/distributed.md).
 
     Returns
     -------
@@ -581,18 +566,34 @@ def train(
     """
     config.validate()
     folder = Path(out)
-    device = resolve_device(config.device)
-    stored = _open_folder(folder, config, resume)
-    run = _build_run(config, folder, device, stored)
+    world = distributed.setup(resolve_device(config.device))
+    try:
+        with distributed.collective_errors(world):
+            _train_in(config, folder, world, resume, progress)
+        distributed.barrier(world)  # the model is written before any rank returns
+    finally:
+        distributed.teardown(world)
+    return folder
+
+
+def _train_in(
+    config: TrainConfig, folder: Path, world: World, resume: bool, progress: bool
+) -> None:
+    """:func:`train` on this process's rank (rank 0 writes the run folder)."""
+    device = world.device
+    stored = open_run_folder(folder, config, resume)
+    run = _build_run(config, folder, world, stored)
+    distributed.barrier(world)  # every rank checked the folder before rank 0 writes to it
     # The run draws from the global RNG (dropout); fork it so callers' streams are untouched
     # and so a resumed run restores exactly the state it was saved with.
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         if resume:
             _restore(run)
         else:
-            torch.manual_seed(stream_seed(config.seed, 0, purpose=2))  # dropout etc.
-        _write_config(run, stored)
+            torch.manual_seed(stream_seed(config.seed, 0, purpose=2, rank=world.rank))
+        if world.main:
+            _write_config(run, stored)
         _run_epochs(run, progress)
-    save_weights(run.model, folder / "model.safetensors")
-    _write_logs(run)
-    return folder
+    if world.main:
+        save_weights(run.model, folder / "model.safetensors")
+        _write_logs(run)

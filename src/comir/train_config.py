@@ -26,7 +26,7 @@ RESUMABLE_CHANGES = frozenset({"steps", "epochs", "device", "workers"})
 
 _INTS = ("latent_channels", "epochs", "steps_per_epoch", "batch_size", "patch_size")
 _FLOATS = ("val_fraction", "tau", "l1", "l2", "lr", "weight_decay", "momentum", "grad_clip")
-_BOOLS = ("log_a", "log_b", "equivariance", "amp")
+_BOOLS = ("log_a", "log_b", "equivariance", "amp", "sync_bn")
 _CHOICES = (
     ("critic", CRITICS),
     ("optimizer", OPTIMIZERS),
@@ -44,7 +44,9 @@ class TrainConfig:
     validation pass and a checkpoint. ``model_overrides`` are passed to
     :func:`comir.model.tiramisu_config` (e.g. ``growth``, ``dropout``); ``augment`` holds
     :class:`comir.data.AugmentConfig` fields. ``tau`` defaults to
-    :data:`comir.losses.DEFAULT_TAU` (0.5, see there).
+    :data:`comir.losses.DEFAULT_TAU` (0.5, see there). ``batch_size`` is per process in
+    data-parallel training (the global batch is ``batch_size × world size``); ``sync_bn``
+    converts batch norm to :class:`torch.nn.SyncBatchNorm` there (CUDA only).
     """
 
     data: str
@@ -81,6 +83,7 @@ class TrainConfig:
     amp: bool = True
     augment: dict = field(default_factory=dict)
     precision: str = "auto"
+    sync_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of all fields."""

@@ -1,5 +1,6 @@
 """Seeded streams of augmented patch batches for training (:class:`PatchStream`,
-:func:`make_loader`) and fixed validation batches (:func:`fixed_batches`)."""
+:func:`make_loader`), their per-epoch, per-rank seeds (:func:`stream_seed`) and fixed
+validation batches (:func:`fixed_batches`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,18 @@ from torch.utils.data import IterableDataset, get_worker_info
 from comir.data.augment import AugmentConfig, augment_batch, rotation_grid
 from comir.data.loading import PairSet
 from comir.errors import ComirError
+
+
+def stream_seed(seed: int, step: int, purpose: int = 0, rank: int = 0) -> int:
+    """Seed derived from ``(seed, purpose, step, rank)``.
+
+    ``purpose`` 0 is the data stream of the epoch starting at ``step`` (so resuming
+    replays it exactly), 1 the C4 rotations, 2 the global RNG (dropout). ``rank`` is the
+    process of a data-parallel run (:mod:`comir.distributed`): every rank draws its own
+    stream; rank 0 draws exactly the single-process stream.
+    """
+    entropy = [int(seed), int(purpose), int(step)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _stream_seed(seed: int, worker: int) -> int:
