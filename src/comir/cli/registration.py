@@ -1,0 +1,123 @@
+"""``comir register``, ``comir warp-points`` and ``comir warp``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from comir.cli.base import command, parse_options
+from comir.errors import ComirError
+
+
+def _register_arguments(p: argparse.ArgumentParser) -> None:
+    from comir.runtime import DEVICES
+
+    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image file")
+    p.add_argument("moving", metavar="MOVING", help="moving image file, warped onto FIXED")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--method", default="fft", help="fft | sift | mi | elastix (fft)")
+    p.add_argument("--model", metavar="RUN", help="register CoMIRs of this run (or sample:NAME)")
+    p.add_argument(
+        "--fixed-modality", default="a", type=str.lower, choices=("a", "b"),
+        help="modality of FIXED with --model; MOVING is the other one (a)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument(
+        "--option", action="append", metavar="KEY=VALUE",
+        help="back-end option, repeatable; e.g. preset=public (sift: the study's baseline)",
+    )  # fmt: skip
+    p.add_argument("--landmarks-fixed", metavar="CSV", help="landmarks (x, y) on FIXED")
+    p.add_argument(
+        "--landmarks-moving", metavar="CSV",
+        help="the paired landmarks on MOVING; writes TRE/rTRE to DIR/landmarks.json",
+    )  # fmt: skip
+
+
+@command("register", "Rigidly register MOVING onto FIXED (or their CoMIRs).", _register_arguments)
+def _register_command(args: argparse.Namespace) -> int:
+    from comir.register import register_files
+
+    pair = (args.landmarks_fixed, args.landmarks_moving)
+    if (pair[0] is None) != (pair[1] is None):
+        raise ComirError("--landmarks-fixed and --landmarks-moving go together; give both")
+    out = register_files(
+        args.fixed, args.moving, args.out, method=args.method, model=args.model,
+        fixed_modality=args.fixed_modality, device=args.device,
+        landmarks=None if pair[0] is None else pair, **parse_options(args.option),
+    )  # fmt: skip
+    res = out.result
+    if not out.ok:
+        print(f"comir register: registration failed: {res.status}", file=sys.stderr)
+        return 1
+    t = out.transform.translation_about(out.center)
+    print(
+        f"{args.method}: rotation {out.transform.angle_deg:.3f}°, translation "
+        f"({t[0]:.2f}, {t[1]:.2f}) px about the moving centre, score {res.score:.4g}, "
+        f"{res.seconds:.2f} s"
+    )
+    if out.landmarks is not None:
+        s = out.landmarks.summary()
+        print(
+            f"landmarks: TRE median {s['median_tre_px']:.2f} px (before {s['median_initial_tre_px']:.2f}),"
+            f" rTRE median {s['median_rtre']:.4f} max {s['max_rtre']:.4f}, robustness "
+            f"{s['robustness']:.2f} ({s['n_landmarks']} points)"
+        )
+    extra = ", landmarks.json" if out.landmarks_json else ""
+    print(
+        f"wrote {out.transform_json}, transform.tfm, transform_ngff.json, "
+        f"{out.registered.name}, overlay.png{extra}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- warp-points / warp
+def _warp_points_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("transform", metavar="TRANSFORM", help="comir transform JSON (moving → fixed)")
+    p.add_argument("points", metavar="POINTS", help="CSV with x,y (or X,Y) columns on MOVING")
+    p.add_argument("--out", required=True, metavar="CSV", help="warped points (columns kept)")
+
+
+@command(
+    "warp-points", "Map landmark CSV points from the moving into the fixed image.",
+    _warp_points_arguments,
+)  # fmt: skip
+def _warp_points_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from comir.landmarks import read_points, warp_points, write_points
+    from comir.transform import load_transform
+
+    transform = load_transform(args.transform)
+    table = read_points(args.points)
+    warped = warp_points(transform, table.points)
+    n_bad = int((~np.isfinite(warped).all(axis=1)).sum())
+    if n_bad:
+        raise ComirError(
+            f"{args.transform}: {n_bad} point(s) of {args.points} cannot be mapped (the field "
+            "folds there); check the transform's folded_fraction()"
+        )
+    write_points(args.out, table.with_points(warped))
+    print(f"wrote {len(warped)} points to {args.out}")
+    return 0
+
+
+def _warp_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("transform", metavar="TRANSFORM", help="comir transform JSON (moving → fixed)")
+    p.add_argument("moving", metavar="MOVING", help="image file to warp")
+    p.add_argument("--like", required=True, metavar="FIXED", help="image whose grid to fill")
+    p.add_argument("--out", required=True, metavar="FILE", help="warped image (.tif keeps dtype)")
+    p.add_argument("--order", type=int, default=1, choices=(0, 1, 3), help="interpolation (1)")
+
+
+@command("warp", "Warp MOVING into the grid of FIXED with a saved transform.", _warp_arguments)
+def _warp_command(args: argparse.Namespace) -> int:
+    from comir.io import read_image, write_image
+    from comir.transform import load_transform
+    from comir.transform.field import check_grids
+
+    transform = load_transform(args.transform)
+    moving, fixed = read_image(args.moving), read_image(args.like)
+    check_grids(transform, fixed.shape, moving.shape, args.transform)
+    out = write_image(args.out, transform.warp(moving, fixed.shape[:2], order=args.order))
+    print(f"wrote {out} ({fixed.shape[1]}x{fixed.shape[0]}, {moving.dtype})")
+    return 0
