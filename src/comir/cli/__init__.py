@@ -4,7 +4,7 @@ A thin shell over the Python API: every command parses its options, calls one li
 function and prints a short summary. Input problems surface as :class:`ComirError`, are
 printed as one line and exit with status 2; warnings are printed as one line too.
 Commands live in :mod:`~comir.cli.training` (train, embed), :mod:`~comir.cli.registration`
-(register, warp-points, warp), :mod:`~comir.cli.evaluation` (make-eval, evaluate, compare)
+(register, register-batch, warp-points, warp), :mod:`~comir.cli.evaluation` (make-eval, evaluate, compare)
 and :mod:`~comir.cli.extras` (synth, demo).
 """
 
@@ -20,8 +20,8 @@ from comir.cli.base import COMMANDS
 from comir.errors import ComirError
 
 #: Order of ``comir --help``: the workflow from training to evaluation.
-ORDER = ("train", "embed", "register", "warp-points", "warp", "make-eval", "evaluate", "compare",
-         "synth", "demo")  # fmt: skip
+ORDER = ("train", "embed", "register", "register-batch", "warp-points", "warp", "make-eval",
+         "evaluate", "compare", "synth", "demo")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

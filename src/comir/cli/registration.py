@@ -1,4 +1,4 @@
-"""``comir register``, ``comir warp-points`` and ``comir warp``."""
+"""``comir register``, ``comir register-batch``, ``comir warp-points`` and ``comir warp``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,52 @@ def _register_command(args: argparse.Namespace) -> int:
         f"{out.registered.name}, overlay.png{extra}"
     )
     return 0
+
+
+# ---------------------------------------------------------------------------- register-batch
+def _register_batch_arguments(p: argparse.ArgumentParser) -> None:
+    from comir.runtime import DEVICES
+
+    p.add_argument(
+        "pairs", metavar="PAIRS.csv",
+        help="CSV with columns fixed,moving (optional name, landmarks_fixed, landmarks_moving)",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder, DIR/<name>/ each")
+    p.add_argument("--method", default="fft", help="fft | sift | mi | elastix (fft)")
+    p.add_argument("--model", metavar="RUN", help="register CoMIRs of this run (or sample:NAME)")
+    p.add_argument(
+        "--fixed-modality", default="a", type=str.lower, choices=("a", "b"),
+        help="modality of the fixed images with --model (a)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--workers", type=int, metavar="N", help="processes (1: in-process)")
+    p.add_argument(
+        "--scheduler", metavar="local[:N]|ADDRESS",
+        help="run one Dask future per pair (docs/dask.md) instead of a process pool",
+    )  # fmt: skip
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="back-end option")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(
+    "register-batch", "Register many pairs of a CSV, resumably (pool or Dask).",
+    _register_batch_arguments,
+)  # fmt: skip
+def _register_batch_command(args: argparse.Namespace) -> int:
+    from comir.register import register_pairs
+
+    if args.workers is not None and args.workers < 1:
+        raise ComirError(f"--workers {args.workers}: give N ≥ 1")
+    rep = register_pairs(
+        args.pairs, args.out, method=args.method, model=args.model,
+        fixed_modality=args.fixed_modality, workers=args.workers, scheduler=args.scheduler,
+        progress=not args.quiet, device=args.device, **parse_options(args.option),
+    )  # fmt: skip
+    print(
+        f"{rep.n_ok} ok, {rep.n_failed} failed, {rep.n_skipped} skipped, {rep.seconds:.1f} s; "
+        f"wrote {rep.summary}"
+    )
+    return 1 if rep.n_failed else 0
 
 
 # ---------------------------------------------------------------------------- warp-points / warp

@@ -11,7 +11,8 @@ maps moving → fixed in the convention of :mod:`comir.transform`. Back-ends:
 Every back-end is deterministic: the same pair and options give a bit-identical matrix
 (seeded RANSAC, full-sampling MI on one thread, elastix with a fixed ``RandomSeed``).
 :func:`register_files` does what ``comir register`` does: files in, transform files, the
-registered image and an overlay out.
+registered image and an overlay out; :func:`register_pairs` (``comir register-batch``) does
+it for many pairs, resumably, in a process pool or on Dask.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from comir.errors import ComirError
 from comir.register.base import RegistrationResult, set_library_threads, to_gray
+from comir.register.batch import BatchReport, register_pairs
 from comir.register.elastix import (
     MISSING as _ELASTIX_MISSING,
 )
@@ -88,6 +90,7 @@ def register(
 
 __all__ = [
     "METHODS",
+    "BatchReport",
     "FileRegistration",
     "RegistrationResult",
     "available_methods",
@@ -96,6 +99,7 @@ __all__ = [
     "register_fft",
     "register_files",
     "register_mi",
+    "register_pairs",
     "register_sift",
     "set_library_threads",
     "to_gray",
