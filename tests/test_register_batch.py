@@ -102,6 +102,10 @@ def test_resume_skips_finished_and_redoes_partial(tmp_path, textured) -> None:
     # skipped rows keep their stored values in the summary
     rows = _summary(out)
     assert abs(float(rows["p0"]["angle_deg"]) - ANGLES[0]) < 0.5
+    # finished with fft: a rerun with another method is refused before it touches them
+    with pytest.raises(ComirError, match="p0.*registered with other settings"):
+        register_pairs(pairs, out, method="sift", workers=1, progress=False)
+    assert (out / "p0" / "transform.json").stat().st_mtime_ns == mtime
 
 
 def test_corrupt_moving_fails_only_its_pair(tmp_path, textured) -> None:

@@ -66,6 +66,7 @@ class BatchJob:
     fixed_modality: str
     device: str
     options: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -224,16 +225,40 @@ def register_job(job: BatchJob) -> dict:
     if not out.ok:
         return _row(pair, out.result.status, time.perf_counter() - t0)
     row = _row(pair, "ok", time.perf_counter() - t0, out)
-    write_text(folder / DONE, json.dumps(row, indent=2) + "\n")
+    done = {**row, "settings": job.settings}
+    write_text(folder / DONE, json.dumps(done, indent=2) + "\n")
     return row
 
 
-def _done_row(pair: BatchPair, out_dir: Path) -> dict | None:
-    """The stored row of a finished pair (status ``skipped``), or None."""
+def _settings(method: str, model, fixed_modality: str, options: dict) -> dict:
+    """What makes a stored result reusable by a rerun (JSON-normalised)."""
+    if model is not None and not isinstance(model, str | os.PathLike):
+        model = getattr(model, "name", None) or type(model).__name__
+    raw = {"method": method, "model": None if model is None else str(model),
+           "fixed_modality": fixed_modality, "options": options}  # fmt: skip
+    return json.loads(json.dumps(raw, default=str))
+
+
+def _done_row(pair: BatchPair, out_dir: Path, settings: dict) -> dict | None:
+    """The stored row of a finished pair (status ``skipped``), or None.
+
+    Raises
+    ------
+    ComirError
+        The pair was finished with other settings (method, model, options).
+    """
+    path = out_dir / pair.name / DONE
     try:
-        row = json.loads((out_dir / pair.name / DONE).read_text())
+        row = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    stored = row.pop("settings", settings)
+    if stored != settings:
+        diff = ", ".join(f"{k}={stored.get(k)!r}" for k in settings if stored.get(k) != settings[k])
+        raise ComirError(
+            f"{path}: pair {pair.name!r} was registered with other settings ({diff}); "
+            f"use another output folder or delete {path.parent}"
+        )
     return {**row, "status": "skipped"}
 
 
@@ -389,12 +414,17 @@ def register_pairs(
         raise ComirError(f"fixed_modality must be 'a' or 'b', got {fixed_modality!r}")
     check_scheduler(scheduler)
     out = Path(out_dir)
-    done = {p.name: _done_row(p, out) for p in table}
+    settings = _settings(method, model, fixed_modality, options)
+    done = {p.name: _done_row(p, out, settings) for p in table}
     todo = [p for p in table if done[p.name] is None]
     n = max(1, min(int(workers or default_workers(len(todo))), max(len(todo), 1)))
-    parallel = bool(todo) and (scheduler is not None or n > 1)
-    spec = _worker_model_spec(model, parallel)
-    jobs = [BatchJob(p, str(out), method, spec, fixed_modality, device, options) for p in todo]
+    spec = _worker_model_spec(model, bool(todo) and (scheduler is not None or n > 1))
+    if isinstance(spec, str) and todo:  # workers load the model on the device resolved here
+        from comir.runtime import resolve_device
+
+        device = str(resolve_device(device))
+    jobs = [BatchJob(p, str(out), method, spec, fixed_modality, device, options, settings)
+            for p in todo]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     if not jobs:
         fresh = []
