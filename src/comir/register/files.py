@@ -131,11 +131,9 @@ def register_files(
     ComirError
         Unknown method or option, unreadable images or landmark files, unusable images.
     """
-    from comir.io import read_image, write_image, write_text
-    from comir.landmarks import landmark_errors
-    from comir.plot import plot_registration_overlay
+    from comir.io import read_image
     from comir.register import available_methods, register
-    from comir.transform import image_center, save_itk_tfm, save_ngff
+    from comir.transform import image_center
 
     if method not in available_methods():
         raise ComirError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
@@ -148,8 +146,21 @@ def register_files(
     center = image_center(moving.shape)
     if not res.ok:
         return FileRegistration(res, center)
-    out, moving_path = Path(out_dir), Path(moving_path)
-    name = model if model is None or isinstance(model, str | os.PathLike) else type(model).__name__
+    paths = (Path(fixed_path), Path(moving_path), Path(out_dir))
+    return _write_outputs(res, fixed, moving, paths, method, model, center, landmarks, points)
+
+
+def _write_outputs(res, fixed, moving, paths, method, model, center, landmarks, points):
+    """Write the files of a successful registration (module docstring)."""
+    from comir.io import write_image, write_text
+    from comir.landmarks import landmark_errors
+    from comir.plot import plot_registration_overlay
+    from comir.transform import save_itk_tfm, save_ngff
+
+    fixed_path, moving_path, out = paths
+    name = model
+    if model is not None and not isinstance(model, str | os.PathLike):  # a loaded ComirModel
+        name = getattr(model, "name", None) or type(model).__name__
     res.transform.save(
         out / "transform.json", center=center, method=method,
         score=float(res.score) if math.isfinite(res.score) else None,
@@ -158,8 +169,9 @@ def register_files(
     save_itk_tfm(res.transform, out / "transform.tfm", center=center)
     ngff = save_ngff(res.transform, out / "transform_ngff.json", fixed.shape[:2])
     warped = res.transform.warp(moving, fixed.shape[:2])
-    suffix = moving_path.suffix.lower()
-    reg_path = write_image(out / f"{moving_path.stem}_registered{suffix}", warped)
+    reg_path = write_image(
+        out / f"{moving_path.stem}_registered{moving_path.suffix.lower()}", warped
+    )
     t = res.transform.translation_about(center)
     overlay = plot_registration_overlay(
         fixed, moving, warped, out / "overlay.png",
