@@ -137,3 +137,17 @@ def oracle(fixed, moving, info, **_):
 def truth_oracle():
     """The :func:`oracle` back-end (picklable: a module-level function)."""
     return oracle
+
+
+# ----------------------------------------------------------------------------- training data
+def write_train_pairs(root: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:
+    """``folders`` layout of aligned training pairs: A smooth RGB uint8, B a non-monotonic
+    function of A (grey uint8)."""
+    from comir.io import write_image
+
+    for i in range(n):
+        a = make_textured((size, size, 3), seed=seed + i, sigma=2.5)
+        b = np.sin(3.0 * np.pi * a.mean(-1)) ** 2
+        write_image(root / "A" / f"im{i}.tif", (a * 255).astype(np.uint8))
+        write_image(root / "B" / f"im{i}.tif", (b * 255).astype(np.uint8))
+    return root

@@ -19,14 +19,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY1, make_textured
+from conftest import TINY1, write_train_pairs
 from safetensors.torch import load_file
 from torch import nn
 
 import comir.train as train_module
 from comir import distributed
 from comir.errors import ComirError
-from comir.io import write_image
 from comir.losses.infonce import InfoNCELoss
 from comir.run_files import read_metrics
 from comir.train import TrainConfig, build_model, make_optimizer, stream_seed, train, train_step
@@ -37,12 +36,7 @@ LIMIT_S = 120
 
 
 def _write_data(root: Path, n: int = 3, size: int = 40) -> Path:
-    for i in range(n):
-        a = make_textured((size, size, 3), seed=i, sigma=2.5)
-        b = np.sin(3.0 * np.pi * a.mean(-1)) ** 2
-        write_image(root / "A" / f"im{i}.tif", (a * 255).astype(np.uint8))
-        write_image(root / "B" / f"im{i}.tif", (b * 255).astype(np.uint8))
-    return root
+    return write_train_pairs(root, n, size)
 
 
 def _config(data: Path, **kw) -> TrainConfig:

@@ -9,25 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY1, make_textured
+from conftest import TINY1, write_train_pairs
 from safetensors.torch import load_file
 
 import comir.train as train_module
 from comir.errors import ComirError, ComirWarning
-from comir.io import write_image
 from comir.run_files import METRIC_COLUMNS, load_checkpoint, read_metrics
 from comir.runtime import resolve_device
 from comir.train import TrainConfig, build_model, make_optimizer, train, train_step
 
-
-def make_data(root: Path, n: int = 3, size: int = 48, seed: int = 0) -> Path:
-    """Aligned pairs: A smooth RGB uint8, B = a non-monotonic function of A (grey)."""
-    for i in range(n):
-        a = make_textured((size, size, 3), seed=seed + i, sigma=2.5)
-        b = np.sin(3.0 * np.pi * a.mean(-1)) ** 2
-        write_image(root / "A" / f"im{i}.tif", (a * 255).astype(np.uint8))
-        write_image(root / "B" / f"im{i}.tif", (b * 255).astype(np.uint8))
-    return root
+make_data = write_train_pairs
 
 
 def tiny_config(data: Path, **kw) -> TrainConfig:
