@@ -8,7 +8,8 @@ Usage::
 
 README.md holds one block per sample between ``<!-- demo-table:NAME -->`` and
 ``<!-- /demo-table:NAME -->``: the table :func:`comir.evaluate.compare` printed for that run
-and a line with the run's wall time and the machine's load. ``tests/test_demo.py``
+and a line with the run's wall time and the machine's load; the Sentinel-2 run's example
+registrations become ``docs/demo.png``. ``tests/test_demo.py``
 runs the Sentinel-2 demo afresh and fails when its success columns differ from the block.
 """
 
@@ -18,11 +19,15 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: README's picture: the Sentinel-2 demo's example registrations.
+PICTURE = ROOT / "docs" / "demo.png"
 SUCCESS_COLUMNS = ("run", "method", "model", "L1", "L2", "L3", "L4", "all")
 
 
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in samples:
             out = Path(args.source) if args.source else _run_demo(s, Path(tmp) / s)
             text = replace_block(text, s, demo_block(out))
+            if s == "sentinel2":
+                shutil.copyfile(out / "figures" / "examples.png", PICTURE)
     tmp_path = readme.with_suffix(".md.part")
     tmp_path.write_text(text)
     os.replace(tmp_path, readme)
