@@ -9,23 +9,28 @@ from comir.cli.base import command, parse_options
 from comir.errors import ComirError
 
 
-def _register_arguments(p: argparse.ArgumentParser) -> None:
+def _method_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``register`` and ``register-batch``."""
     from comir.runtime import DEVICES
 
-    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image file")
-    p.add_argument("moving", metavar="MOVING", help="moving image file, warped onto FIXED")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", default="fft", help="fft | sift | mi | elastix (fft)")
     p.add_argument("--model", metavar="RUN", help="register CoMIRs of this run (or sample:NAME)")
     p.add_argument(
         "--fixed-modality", default="a", type=str.lower, choices=("a", "b"),
-        help="modality of FIXED with --model; MOVING is the other one (a)",
+        help="modality of the fixed image(s) with --model; the moving one is the other (a)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="back-end option, repeatable; e.g. preset=public (sift: the study's baseline)",
     )  # fmt: skip
+
+
+def _register_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image file")
+    p.add_argument("moving", metavar="MOVING", help="moving image file, warped onto FIXED")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _method_options(p)
     p.add_argument("--landmarks-fixed", metavar="CSV", help="landmarks (x, y) on FIXED")
     p.add_argument(
         "--landmarks-moving", metavar="CSV",
@@ -72,26 +77,17 @@ def _register_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- register-batch
 def _register_batch_arguments(p: argparse.ArgumentParser) -> None:
-    from comir.runtime import DEVICES
-
     p.add_argument(
         "pairs", metavar="PAIRS.csv",
         help="CSV with columns fixed,moving (optional name, landmarks_fixed, landmarks_moving)",
     )  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="output folder, DIR/<name>/ each")
-    p.add_argument("--method", default="fft", help="fft | sift | mi | elastix (fft)")
-    p.add_argument("--model", metavar="RUN", help="register CoMIRs of this run (or sample:NAME)")
-    p.add_argument(
-        "--fixed-modality", default="a", type=str.lower, choices=("a", "b"),
-        help="modality of the fixed images with --model (a)",
-    )  # fmt: skip
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    _method_options(p)
     p.add_argument("--workers", type=int, metavar="N", help="processes (1: in-process)")
     p.add_argument(
         "--scheduler", metavar="local[:N]|ADDRESS",
         help="run one Dask future per pair (docs/dask.md) instead of a process pool",
     )  # fmt: skip
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="back-end option")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
