@@ -21,9 +21,23 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
+        "--transform", choices=("rigid", "affine"),
+        help="rigid, or affine: the rigid result refined by gradient descent on NCC (rigid)",
+    )  # fmt: skip
+    p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="back-end option, repeatable; e.g. preset=public (sift: the study's baseline)",
     )  # fmt: skip
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """Back-end keyword options of ``_method_options``: ``--option`` items and ``--transform``."""
+    opts = parse_options(args.option)
+    if args.transform is not None:
+        if opts.get("transform", args.transform) != args.transform:
+            raise ComirError("--transform and --option transform=... disagree; give one of them")
+        opts["transform"] = args.transform
+    return opts
 
 
 def _register_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,9 +52,12 @@ def _register_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-@command("register", "Rigidly register MOVING onto FIXED (or their CoMIRs).", _register_arguments)
+@command("register", "Register MOVING onto FIXED (or their CoMIRs).", _register_arguments)
 def _register_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from comir.register import register_files
+    from comir.transform import functional as F
 
     pair = (args.landmarks_fixed, args.landmarks_moving)
     if (pair[0] is None) != (pair[1] is None):
@@ -48,7 +65,7 @@ def _register_command(args: argparse.Namespace) -> int:
     out = register_files(
         args.fixed, args.moving, args.out, method=args.method, model=args.model,
         fixed_modality=args.fixed_modality, device=args.device,
-        landmarks=None if pair[0] is None else pair, **parse_options(args.option),
+        landmarks=None if pair[0] is None else pair, **_options(args),
     )  # fmt: skip
     res = out.result
     if not out.ok:
@@ -56,7 +73,8 @@ def _register_command(args: argparse.Namespace) -> int:
         return 1
     t = out.transform.translation_about(out.center)
     print(
-        f"{args.method}: rotation {out.transform.angle_deg:.3f}°, translation "
+        f"{args.method}: rotation {np.degrees(F.matrix_angles(out.transform.matrix)):.3f}°, "
+        "translation "
         f"({t[0]:.2f}, {t[1]:.2f}) px about the moving centre, score {res.score:.4g}, "
         f"{res.seconds:.2f} s"
     )
@@ -103,7 +121,7 @@ def _register_batch_command(args: argparse.Namespace) -> int:
     rep = register_pairs(
         args.pairs, args.out, method=args.method, model=args.model,
         fixed_modality=args.fixed_modality, workers=args.workers, scheduler=args.scheduler,
-        progress=not args.quiet, device=args.device, **parse_options(args.option),
+        progress=not args.quiet, device=args.device, **_options(args),
     )  # fmt: skip
     print(
         f"{rep.n_ok} ok, {rep.n_failed} failed, {rep.n_skipped} skipped, {rep.seconds:.1f} s; "

@@ -8,6 +8,9 @@ maps moving → fixed in the convention of :mod:`comir.transform`. Back-ends:
 * ``mi`` — Mattes mutual information, multi-resolution (SimpleITK);
 * ``elastix`` — Mattes MI with elastix (optional extra ``comir[elastix]``).
 
+``transform="affine"`` refines any back-end's rigid result into an affine map
+(:func:`refine_affine`, gradient descent on the masked NCC in torch).
+
 Every back-end is deterministic: the same pair and options give a bit-identical matrix
 (seeded RANSAC, full-sampling MI on one thread, elastix with a fixed ``RandomSeed``).
 :func:`register_files` does what ``comir register`` does: files in, transform files, the
@@ -22,6 +25,7 @@ import inspect
 import numpy as np
 
 from comir.errors import ComirError
+from comir.register.affine import refine_affine
 from comir.register.base import RegistrationResult, set_library_threads, to_gray
 from comir.register.batch import BatchReport, register_pairs
 from comir.register.elastix import (
@@ -34,6 +38,8 @@ from comir.register.mi import register_mi
 from comir.register.sift import register_sift
 
 METHODS: tuple[str, ...] = ("fft", "sift", "mi", "elastix")
+#: Transform families ``register`` can return.
+TRANSFORMS: tuple[str, ...] = ("rigid", "affine")
 
 _BACKENDS = {
     "fft": register_fft,
@@ -49,15 +55,24 @@ def available_methods() -> list[str]:
 
 
 def register(
-    fixed: np.ndarray, moving: np.ndarray, method: str = "fft", **options
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    method: str = "fft",
+    transform: str = "rigid",
+    **options,
 ) -> RegistrationResult:
-    """Rigidly register ``moving`` onto ``fixed``.
+    """Register ``moving`` onto ``fixed`` rigidly (or affinely).
 
     Parameters
     ----------
     fixed, moving : ndarray, shape (H, W) or (H, W, C)
         Any numeric dtype; sizes may differ.
     method : {"fft", "sift", "mi", "elastix"}
+    transform : {"rigid", "affine"}
+        ``affine``: the method's rigid result initialises :func:`refine_affine` (NCC);
+        the result then carries an :class:`~comir.transform.AffineTransform`, its
+        ``score`` is the final NCC and ``details`` holds ``rigid_score``,
+        ``rigid_matrix`` and ``affine_loss`` (``1 − NCC``).
     **options
         Back-end keyword options (see ``register_<method>``).
 
@@ -70,8 +85,10 @@ def register(
     Raises
     ------
     ComirError
-        Unknown method or option, invalid images, elastix not installed.
+        Unknown method, transform or option, invalid images, elastix not installed.
     """
+    if transform not in TRANSFORMS:
+        raise ComirError(f"transform={transform!r}: choose one of {', '.join(TRANSFORMS)}")
     if method not in _BACKENDS:
         raise ComirError(
             f"unknown registration method {method!r}; choose one of {', '.join(METHODS)}"
@@ -85,16 +102,40 @@ def register(
         raise ComirError(
             f"{method}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
         )
-    return fn(fixed, moving, **options)
+    res = fn(fixed, moving, **options)
+    if transform == "affine" and res.ok:
+        res = _refine(fixed, moving, res)
+    return res
+
+
+def _refine(fixed: np.ndarray, moving: np.ndarray, rigid: RegistrationResult):
+    """Affine refinement of a successful rigid result (times added to ``seconds``)."""
+    import time
+
+    t0 = time.perf_counter()
+    f, m = np.asarray(fixed), np.asarray(moving)
+    if (f.shape[2] if f.ndim == 3 else 1) != (m.shape[2] if m.ndim == 3 else 1):
+        f, m = to_gray(f), to_gray(m)  # e.g. raw RGB vs NIR: compare first principal parts
+    affine, ncc = refine_affine(f, m, rigid.transform, similarity="ncc")
+    details = {
+        **rigid.details,
+        "rigid_score": rigid.score,
+        "rigid_matrix": rigid.transform.matrix.tolist(),
+        "affine_loss": 1.0 - ncc,
+    }
+    seconds = rigid.seconds + time.perf_counter() - t0
+    return RegistrationResult(affine, ncc, seconds, "ok", rigid.method, details)
 
 
 __all__ = [
     "METHODS",
+    "TRANSFORMS",
     "BatchReport",
     "FileRegistration",
     "RegistrationResult",
     "available_methods",
     "register",
+    "refine_affine",
     "register_elastix",
     "register_fft",
     "register_files",

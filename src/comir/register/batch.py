@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from comir.errors import ComirError, warn
+from comir.transform import functional as F
 
 PathLike = str | os.PathLike
 #: Marker written last into a finished pair's folder.
@@ -194,7 +197,8 @@ def _row(pair: BatchPair, status: str, seconds: float, out=None) -> dict:
     if out is not None and out.ok:
         t = out.transform.translation_about(out.center)
         score = float(out.result.score)
-        row.update(angle_deg=float(out.transform.angle_deg), tx=float(t[0]), ty=float(t[1]),
+        angle = float(np.degrees(F.matrix_angles(out.transform.matrix)))
+        row.update(angle_deg=angle, tx=float(t[0]), ty=float(t[1]),
                    score=score if math.isfinite(score) else None)  # fmt: skip
     if out is not None and out.landmarks is not None:
         s = out.landmarks.summary()
@@ -269,7 +273,7 @@ def _check_method(method: str, options: dict) -> None:
 
     if method not in available_methods():
         raise ComirError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
-    allowed = list(inspect.signature(_BACKENDS[method].__wrapped__).parameters)[2:]
+    allowed = [*list(inspect.signature(_BACKENDS[method].__wrapped__).parameters)[2:], "transform"]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ComirError(

@@ -38,6 +38,7 @@ import numpy as np
 from comir.errors import ComirError
 from comir.landmarks import LandmarkErrors
 from comir.register.base import RegistrationResult
+from comir.transform import functional as F
 
 PathLike = str | os.PathLike
 
@@ -176,7 +177,7 @@ def _write_outputs(res, fixed, moving, paths, method, model, center, landmarks, 
     overlay = plot_registration_overlay(
         fixed, moving, warped, out / "overlay.png",
         title=f"{method}{' on CoMIRs' if model is not None else ''}: rotation "
-        f"{res.transform.angle_deg:.2f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px",
+        f"{np.degrees(F.matrix_angles(res.transform.matrix)):.2f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px",
     )  # fmt: skip
     errors = lm_json = None
     if points is not None:

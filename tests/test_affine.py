@@ -1,0 +1,109 @@
+"""Affine refinement (comir.register.affine) and ``register(..., transform="affine")``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from comir.cli import main
+from comir.errors import ComirError
+from comir.io import write_image
+from comir.register import refine_affine, register
+from comir.transform import AffineTransform, RigidTransform, image_center, load_transform
+from comir.transform import functional as F
+
+N = 96
+
+
+def _true_affine(n: int = N) -> AffineTransform:
+    """Scale 1.1 (x), shear 0.08, rotation 7°, shift (3, −2) px about the centre."""
+    lin = np.array([[1.1, 0.08], [0.0, 1.0]]) @ F.rotation_matrices(np.radians(7.0))
+    return AffineTransform(F.about_center(lin, (3.0, -2.0), image_center((n, n))))
+
+
+def _pair(textured, modality: bool = False):
+    """(fixed, moving, true moving → fixed); ``modality``: fixed has another intensity map."""
+    moving = textured((N, N, 3), seed=1).astype(np.float32)
+    true = _true_affine()
+    fixed = true.warp(moving, (N, N), order=3)
+    if modality:  # monotone but non-linear, per-channel gains: MSE's assumptions fail
+        fixed = np.sqrt(fixed.clip(0, None)) * np.array([0.5, 2.0, 1.0], np.float32) + 0.3
+    return fixed, moving, true
+
+
+def _corner_error(matrix: np.ndarray, true: AffineTransform) -> float:
+    corners = F.patch_corners(N, N)
+    return float(F.corner_errors(matrix, true.apply(corners), corners))
+
+
+def _rigid_init(true: AffineTransform) -> RigidTransform:
+    corners = F.patch_corners(N, N)
+    return RigidTransform(F.fit_rigid(corners, true.apply(corners)))
+
+
+@pytest.mark.parametrize(("similarity", "modality"), [("mse", False), ("ncc", True)])
+def test_refine_affine_recovers_known_affine(textured, similarity, modality):
+    fixed, moving, true = _pair(textured, modality)
+    init = _rigid_init(true)
+    assert _corner_error(init.matrix, true) > 2.0  # the rigid model cannot explain it
+    res, score = refine_affine(fixed, moving, init, similarity=similarity)
+    assert isinstance(res, AffineTransform)
+    assert _corner_error(res.matrix, true) < 0.3
+    if similarity == "ncc":
+        assert score > 0.95
+
+
+def test_refine_affine_is_deterministic(textured):
+    fixed, moving, true = _pair(textured)
+    init = _rigid_init(true)
+    kw = dict(similarity="ncc", levels=(2, 1), iterations=(20, 10))
+    a, sa = refine_affine(fixed, moving, init, **kw)
+    b, sb = refine_affine(fixed, moving, init, **kw)
+    assert np.array_equal(a.matrix, b.matrix) and sa == sb
+
+
+def test_identity_pair_stays_put(textured):
+    img = textured((64, 64, 2), seed=3).astype(np.float32)
+    res, mse = refine_affine(
+        img, img, AffineTransform.identity(), levels=(2, 1), iterations=(20, 20)
+    )
+    assert np.abs(res.matrix - np.eye(3)).max() < 1e-3 and mse < 1e-4
+
+
+def test_register_fft_affine(textured):
+    fixed, moving, true = _pair(textured)
+    rigid = register(fixed, moving, method="fft")
+    aff = register(fixed, moving, method="fft", transform="affine")
+    assert rigid.ok and aff.ok and aff.method == "fft"
+    assert isinstance(rigid.transform, RigidTransform)
+    assert isinstance(aff.transform, AffineTransform)
+    assert _corner_error(rigid.transform.matrix, true) > 2.0
+    assert _corner_error(aff.transform.matrix, true) < 0.3
+    assert aff.details["rigid_matrix"] == rigid.transform.matrix.tolist()
+    assert aff.details["rigid_score"] == rigid.score
+    assert aff.score > rigid.score - 1e-6 and aff.details["affine_loss"] == pytest.approx(
+        1 - aff.score
+    )
+
+
+def test_bad_options_raise(textured):
+    img = textured((32, 32)).astype(np.float32)
+    with pytest.raises(ComirError, match="transform"):
+        register(img, img, transform="bspline")
+    with pytest.raises(ComirError, match="similarity"):
+        refine_affine(img, img, AffineTransform.identity(), similarity="mi")
+    with pytest.raises(ComirError, match="iterations"):
+        refine_affine(img, img, AffineTransform.identity(), levels=(2, 1), iterations=(5,))
+    with pytest.raises(ComirError, match="channels"):
+        refine_affine(img, np.stack([img, img], -1), AffineTransform.identity())
+
+
+def test_cli_register_transform_affine(textured, tmp_path, capsys):
+    fixed, moving, true = _pair(textured)
+    for name, img in (("f.png", fixed), ("m.png", moving)):
+        write_image(tmp_path / name, (img.clip(0, 1) * 255).round().astype(np.uint8))
+    args = ["register", str(tmp_path / "f.png"), str(tmp_path / "m.png"), "--transform", "affine"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    got = load_transform(tmp_path / "out" / "transform.json")
+    assert isinstance(got, AffineTransform) and _corner_error(got.matrix, true) < 0.5
+    assert main([*args, "--option", "transform=rigid", "--out", str(tmp_path / "x")]) == 2
