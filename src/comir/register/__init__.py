@@ -9,7 +9,9 @@ maps moving → fixed in the convention of :mod:`comir.transform`. Back-ends:
 * ``elastix`` — Mattes MI with elastix (optional extra ``comir[elastix]``).
 
 ``transform="affine"`` refines any back-end's rigid result into an affine map
-(:func:`refine_affine`, gradient descent on the masked NCC in torch).
+(:func:`refine_affine`, gradient descent on the masked NCC in torch);
+``transform="deformable"`` adds a smooth displacement field on top
+(:func:`refine_deformable`).
 
 Every back-end is deterministic: the same pair and options give a bit-identical matrix
 (seeded RANSAC, full-sampling MI on one thread, elastix with a fixed ``RandomSeed``).
@@ -28,6 +30,7 @@ from comir.errors import ComirError
 from comir.register.affine import refine_affine
 from comir.register.base import RegistrationResult, set_library_threads, to_gray
 from comir.register.batch import BatchReport, register_pairs
+from comir.register.deformable import refine_deformable
 from comir.register.elastix import (
     MISSING as _ELASTIX_MISSING,
 )
@@ -39,7 +42,7 @@ from comir.register.sift import register_sift
 
 METHODS: tuple[str, ...] = ("fft", "sift", "mi", "elastix")
 #: Transform families ``register`` can return.
-TRANSFORMS: tuple[str, ...] = ("rigid", "affine")
+TRANSFORMS: tuple[str, ...] = ("rigid", "affine", "deformable")
 
 _BACKENDS = {
     "fft": register_fft,
@@ -61,18 +64,21 @@ def register(
     transform: str = "rigid",
     **options,
 ) -> RegistrationResult:
-    """Register ``moving`` onto ``fixed`` rigidly (or affinely).
+    """Register ``moving`` onto ``fixed`` rigidly (or affinely, or deformably).
 
     Parameters
     ----------
     fixed, moving : ndarray, shape (H, W) or (H, W, C)
         Any numeric dtype; sizes may differ.
     method : {"fft", "sift", "mi", "elastix"}
-    transform : {"rigid", "affine"}
+    transform : {"rigid", "affine", "deformable"}
         ``affine``: the method's rigid result initialises :func:`refine_affine` (NCC);
         the result then carries an :class:`~comir.transform.AffineTransform`, its
         ``score`` is the final NCC and ``details`` holds ``rigid_score``,
-        ``rigid_matrix`` and ``affine_loss`` (``1 − NCC``).
+        ``rigid_matrix`` and ``affine_loss`` (``1 − NCC``). ``deformable``: that affine
+        result then initialises :func:`refine_deformable` (NCC, default grid and
+        smoothness); the transform is ``CompositeTransform([affine, field])`` and
+        ``details`` adds ``affine_matrix``, ``affine_score`` and ``folded_fraction``.
     **options
         Back-end keyword options (see ``register_<method>``).
 
@@ -103,13 +109,13 @@ def register(
             f"{method}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
         )
     res = fn(fixed, moving, **options)
-    if transform == "affine" and res.ok:
-        res = _refine(fixed, moving, res)
+    if transform != "rigid" and res.ok:
+        res = _refine(fixed, moving, res, deformable=transform == "deformable")
     return res
 
 
-def _refine(fixed: np.ndarray, moving: np.ndarray, rigid: RegistrationResult):
-    """Affine refinement of a successful rigid result (times added to ``seconds``)."""
+def _refine(fixed: np.ndarray, moving: np.ndarray, rigid: RegistrationResult, deformable: bool):
+    """Affine (then deformable) refinement of a successful rigid result (times added)."""
     import time
 
     t0 = time.perf_counter()
@@ -123,8 +129,13 @@ def _refine(fixed: np.ndarray, moving: np.ndarray, rigid: RegistrationResult):
         "rigid_matrix": rigid.transform.matrix.tolist(),
         "affine_loss": 1.0 - ncc,
     }
+    out = affine
+    if deformable:
+        details.update(affine_matrix=affine.matrix.tolist(), affine_score=ncc)
+        out, ncc = refine_deformable(f, m, affine, similarity="ncc")
+        details["folded_fraction"] = out.transforms[-1].folded_fraction()
     seconds = rigid.seconds + time.perf_counter() - t0
-    return RegistrationResult(affine, ncc, seconds, "ok", rigid.method, details)
+    return RegistrationResult(out, ncc, seconds, "ok", rigid.method, details)
 
 
 __all__ = [
@@ -136,6 +147,7 @@ __all__ = [
     "available_methods",
     "register",
     "refine_affine",
+    "refine_deformable",
     "register_elastix",
     "register_fft",
     "register_files",
