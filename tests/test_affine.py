@@ -104,6 +104,8 @@ def test_bad_options_raise(textured):
         refine_affine(img, img, AffineTransform.identity(), similarity="mi")
     with pytest.raises(ComirError, match="iterations"):
         refine_affine(img, img, AffineTransform.identity(), levels=(2, 1), iterations=(5,))
+    with pytest.raises(ComirError, match="device"):
+        refine_affine(img, img, AffineTransform.identity(), device="gpu0")
     with pytest.raises(ComirError, match="channels"):
         refine_affine(img, np.stack([img, img], -1), AffineTransform.identity())
 

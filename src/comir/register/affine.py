@@ -87,14 +87,24 @@ class _Level:
 
     def loss(self, params, similarity: str, torch):
         eye = torch.eye(3, dtype=torch.float64, device=params.device)
-        d = torch.cat([params.reshape(2, 3), torch.zeros(1, 3, dtype=params.dtype)], 0)
-        mat = self.left @ (eye + d.to(eye.device)) @ self.right
+        zero = torch.zeros(1, 3, dtype=params.dtype, device=params.device)
+        mat = self.left @ (eye + torch.cat([params.reshape(2, 3), zero], 0)) @ self.right
         g = (self.points @ mat.T)[:, :2].to(torch.float32).reshape(1, *self.shape, 2)
         warped = torch.nn.functional.grid_sample(
             self.moving, g, mode="bilinear", padding_mode="zeros", align_corners=False
         )
         inside = (g.abs() <= 1.0).all(-1).to(torch.float32)[:, None]
         return _loss(self.fixed, warped, inside, similarity)
+
+
+def torch_device(device: str):
+    """``torch.device(device)``, or a ComirError naming the option."""
+    import torch
+
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ComirError(f"device={device!r}: not a torch device; e.g. cpu, cuda, cuda:1") from exc
 
 
 def _check_options(similarity: str, levels, iterations, lr) -> None:
@@ -155,7 +165,7 @@ def refine_affine(
         )
     levels, iterations = tuple(int(f) for f in levels), tuple(int(n) for n in iterations)
     _check_options(similarity, levels, iterations, lr)
-    dev = torch.device(device)
+    dev = torch_device(device)
     norm = _normaliser(fixed.shape[:2])
     left = np.linalg.inv(np.asarray(init.matrix, float)) @ np.linalg.inv(norm)
     pf, pm = _pyramid(fixed, levels, torch, dev), _pyramid(moving, levels, torch, dev)

@@ -19,7 +19,14 @@ import math
 import numpy as np
 
 from comir.errors import ComirError
-from comir.register.affine import _check_options, _level_matrix, _loss, _pixel_grid, _pyramid
+from comir.register.affine import (
+    _check_options,
+    _level_matrix,
+    _loss,
+    _pixel_grid,
+    _pyramid,
+    torch_device,
+)
 from comir.register.base import check_image
 from comir.transform import CompositeTransform, DisplacementField, MatrixTransform
 from comir.transform import functional as F
@@ -132,7 +139,7 @@ def refine_deformable(
             f"grid_spacing={grid_spacing!r}, smoothness={smoothness!r}: need spacing >= 2 "
             "pixels and a non-negative smoothness"
         )
-    dev, shape = torch.device(device), fixed.shape[:2]
+    dev, shape = torch_device(device), fixed.shape[:2]
     inv_init = np.linalg.inv(np.asarray(init.matrix, float))
     pf, pm = _pyramid(fixed, levels, torch, dev), _pyramid(moving, levels, torch, dev)
     ctrl = torch.zeros(1, 2, *_control_shape(shape, grid_spacing), device=dev, requires_grad=True)
