@@ -27,12 +27,14 @@ _THREADS: int | None = None
 
 @dataclass
 class RegistrationResult:
-    """Outcome of one rigid registration.
+    """Outcome of one registration.
 
     Attributes
     ----------
-    transform : RigidTransform
-        Moving → fixed map (identity when ``status`` is a failure).
+    transform : comir.transform.Transform
+        Moving → fixed map (identity when ``status`` is a failure): a ``RigidTransform``
+        from every back-end, an ``AffineTransform`` with ``transform="affine"``, a
+        ``CompositeTransform`` (affine ∘ displacement field) with ``"deformable"``.
     score : float
         Back-end specific similarity at the solution (higher = better; NaN on failure).
     seconds : float
