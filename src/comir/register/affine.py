@@ -70,6 +70,18 @@ def _loss(fixed, warped, mask, similarity: str):
     return 1.0 - ncc.mean()
 
 
+def warp_loss(fixed, moving, grid, similarity: str):
+    """Loss of ``moving`` sampled at ``grid`` (grid_sample units, ``(1, H, W, 2)``) against
+    ``fixed`` ``(1, C, H, W)``, over the samples that fall inside the moving image."""
+    import torch
+
+    warped = torch.nn.functional.grid_sample(
+        moving, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    inside = (grid.abs() <= 1.0).all(-1).to(torch.float32)[:, None]
+    return _loss(fixed, warped, inside, similarity)
+
+
 class _Level:
     """One pyramid level: the constant parts of the sampling matrix and the fixed grid."""
 
@@ -90,11 +102,7 @@ class _Level:
         zero = torch.zeros(1, 3, dtype=params.dtype, device=params.device)
         mat = self.left @ (eye + torch.cat([params.reshape(2, 3), zero], 0)) @ self.right
         g = (self.points @ mat.T)[:, :2].to(torch.float32).reshape(1, *self.shape, 2)
-        warped = torch.nn.functional.grid_sample(
-            self.moving, g, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        inside = (g.abs() <= 1.0).all(-1).to(torch.float32)[:, None]
-        return _loss(self.fixed, warped, inside, similarity)
+        return warp_loss(self.fixed, self.moving, g, similarity)
 
 
 def torch_device(device: str):
@@ -116,6 +124,44 @@ def _check_options(similarity: str, levels, iterations, lr) -> None:
         raise ComirError(f"iterations={iterations!r}: give one count per level {levels!r}")
     if not lr > 0:
         raise ComirError(f"lr={lr!r}: the learning rate must be positive")
+
+
+def prepare(fixed, moving, similarity: str, levels, iterations, lr, device):
+    """Validated inputs of a refinement: ``(fixed, moving, levels, iterations, device,
+    fixed pyramid, moving pyramid)``; images ``(H, W, C)`` float32 with equal channels."""
+    import torch
+
+    fixed, moving = check_image(fixed, "fixed"), check_image(moving, "moving")
+    if fixed.shape[2] != moving.shape[2]:
+        raise ComirError(
+            f"fixed has {fixed.shape[2]} channels, moving {moving.shape[2]}; pass images with "
+            "the same channels (e.g. two CoMIRs)"
+        )
+    levels, iterations = tuple(int(f) for f in levels), tuple(int(n) for n in iterations)
+    _check_options(similarity, levels, iterations, lr)
+    dev = torch_device(device)
+    pf, pm = _pyramid(fixed, levels, torch, dev), _pyramid(moving, levels, torch, dev)
+    return fixed, moving, levels, iterations, dev, pf, pm
+
+
+def descend(param, pf, pm, levels, iterations, lr: float, level_loss) -> None:
+    """Adam on ``param`` level by level, coarse to fine; the learning rate decays linearly
+    to 10 % within a level. ``level_loss(k, factor)`` returns the loss function of level
+    ``k``; levels too coarse for the image (< 4 px) are skipped."""
+    import torch
+
+    for k, f in enumerate(levels):
+        if min(pf[k].shape[2:]) < 4 or min(pm[k].shape[2:]) < 4:
+            continue
+        loss_fn = level_loss(k, f)
+        opt = torch.optim.Adam([param], lr=lr)
+        n = iterations[k]
+        for i in range(n):
+            for group in opt.param_groups:
+                group["lr"] = lr * (1.0 - 0.9 * i / max(n - 1, 1))
+            opt.zero_grad()
+            loss_fn().backward()
+            opt.step()
 
 
 def refine_affine(
@@ -157,32 +203,18 @@ def refine_affine(
     """
     import torch
 
-    fixed, moving = check_image(fixed, "fixed"), check_image(moving, "moving")
-    if fixed.shape[2] != moving.shape[2]:
-        raise ComirError(
-            f"fixed has {fixed.shape[2]} channels, moving {moving.shape[2]}; pass images with "
-            "the same channels (e.g. two CoMIRs)"
-        )
-    levels, iterations = tuple(int(f) for f in levels), tuple(int(n) for n in iterations)
-    _check_options(similarity, levels, iterations, lr)
-    dev = torch_device(device)
+    fixed, moving, levels, iterations, dev, pf, pm = prepare(
+        fixed, moving, similarity, levels, iterations, lr, device
+    )
     norm = _normaliser(fixed.shape[:2])
     left = np.linalg.inv(np.asarray(init.matrix, float)) @ np.linalg.inv(norm)
-    pf, pm = _pyramid(fixed, levels, torch, dev), _pyramid(moving, levels, torch, dev)
     params = torch.zeros(6, dtype=torch.float64, device=dev, requires_grad=True)
-    for k, f in enumerate(levels):
-        if min(pf[k].shape[2:]) < 4 or min(pm[k].shape[2:]) < 4:
-            continue  # level too coarse for this image size
+
+    def level_loss(k: int, f: int):
         level = _Level(pf[k], pm[k], f, left, norm, torch)
-        opt = torch.optim.Adam([params], lr=lr)
-        n = iterations[k]
-        for i in range(n):
-            for group in opt.param_groups:
-                group["lr"] = lr * (1.0 - 0.9 * i / max(n - 1, 1))
-            opt.zero_grad()
-            loss = level.loss(params, similarity, torch)
-            loss.backward()
-            opt.step()
+        return lambda: level.loss(params, similarity, torch)
+
+    descend(params, pf, pm, levels, iterations, lr, level_loss)
     with torch.no_grad():
         final = _Level(pf[-1], pm[-1], levels[-1], left, norm, torch)
         loss = float(final.loss(params, similarity, torch))

@@ -362,6 +362,15 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def _warn_failures(rows: list[dict]) -> None:
+    """One warning line per failed pair, naming it (and its moving file)."""
+    for r in rows:
+        why = str(r["status"]).removeprefix("failed: ")
+        if why != r["status"]:
+            where = "" if r["moving"] in why else f" ({r['moving']})"
+            warn(f"pair {r['name']} failed: {why}{where}")
+
+
 def register_pairs(
     pairs: PathLike | Sequence[Sequence[PathLike]],
     out_dir: PathLike,
@@ -438,10 +447,6 @@ def register_pairs(
         fresh = _run_local(jobs, n, progress)
     by_name = {r["name"]: r for r in fresh}
     rows = [done[p.name] or by_name[p.name] for p in table]
-    for r in rows:
-        why = str(r["status"]).removeprefix("failed: ")
-        if why != r["status"]:
-            warn(f"pair {r['name']} failed: {why}" + ("" if r["moving"] in why else
-                 f" ({r['moving']})"))  # fmt: skip
+    _warn_failures(rows)
     write_summary(out / SUMMARY, rows)
     return BatchReport(rows, out / SUMMARY, time.perf_counter() - t0)

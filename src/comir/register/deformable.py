@@ -19,15 +19,7 @@ import math
 import numpy as np
 
 from comir.errors import ComirError
-from comir.register.affine import (
-    _check_options,
-    _level_matrix,
-    _loss,
-    _pixel_grid,
-    _pyramid,
-    torch_device,
-)
-from comir.register.base import check_image
+from comir.register.affine import _level_matrix, _pixel_grid, descend, prepare, warp_loss
 from comir.transform import CompositeTransform, DisplacementField, MatrixTransform
 from comir.transform import functional as F
 
@@ -76,11 +68,7 @@ class _Level:
     def data_loss(self, ctrl, similarity: str, torch):
         q = self.full + self.displacement(ctrl, torch)
         g = (q @ self.mat[:2, :2].T + self.mat[:2, 2]).reshape(1, *self.shape, 2)
-        warped = torch.nn.functional.grid_sample(
-            self.moving, g, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        inside = (g.abs() <= 1.0).all(-1).to(torch.float32)[:, None]
-        return _loss(self.fixed, warped, inside, similarity)
+        return warp_loss(self.fixed, self.moving, g, similarity)
 
 
 def refine_deformable(
@@ -126,37 +114,24 @@ def refine_deformable(
     """
     import torch
 
-    fixed, moving = check_image(fixed, "fixed"), check_image(moving, "moving")
-    if fixed.shape[2] != moving.shape[2]:
-        raise ComirError(
-            f"fixed has {fixed.shape[2]} channels, moving {moving.shape[2]}; pass images with "
-            "the same channels (e.g. two CoMIRs)"
-        )
-    levels, iterations = tuple(int(f) for f in levels), tuple(int(n) for n in iterations)
-    _check_options(similarity, levels, iterations, lr)
+    fixed, moving, levels, iterations, dev, pf, pm = prepare(
+        fixed, moving, similarity, levels, iterations, lr, device
+    )
     if not grid_spacing >= 2 or not smoothness >= 0:
         raise ComirError(
             f"grid_spacing={grid_spacing!r}, smoothness={smoothness!r}: need spacing >= 2 "
             "pixels and a non-negative smoothness"
         )
-    dev, shape = torch_device(device), fixed.shape[:2]
+    shape = fixed.shape[:2]
     inv_init = np.linalg.inv(np.asarray(init.matrix, float))
-    pf, pm = _pyramid(fixed, levels, torch, dev), _pyramid(moving, levels, torch, dev)
     ctrl = torch.zeros(1, 2, *_control_shape(shape, grid_spacing), device=dev, requires_grad=True)
-    for k, f in enumerate(levels):
-        if min(pf[k].shape[2:]) < 4 or min(pm[k].shape[2:]) < 4:
-            continue  # level too coarse for this image size
+
+    def level_loss(k: int, f: int):
         level = _Level(pf[k], pm[k], f, inv_init, shape, torch)
-        opt = torch.optim.Adam([ctrl], lr=lr)
-        n = iterations[k]
-        for i in range(n):
-            for group in opt.param_groups:
-                group["lr"] = lr * (1.0 - 0.9 * i / max(n - 1, 1))
-            opt.zero_grad()
-            loss = level.data_loss(ctrl, similarity, torch)
-            loss = loss + smoothness * _diffusion(ctrl, shape, torch)
-            loss.backward()
-            opt.step()
+        penalty = lambda: smoothness * _diffusion(ctrl, shape, torch)  # noqa: E731
+        return lambda: level.data_loss(ctrl, similarity, torch) + penalty()
+
+    descend(ctrl, pf, pm, levels, iterations, lr, level_loss)
     with torch.no_grad():
         full = _Level(
             torch.from_numpy(np.zeros((1, 1, *shape), np.float32)).to(dev), pm[-1], 1,
