@@ -329,3 +329,15 @@ def test_atomic_path_renames_only_on_success(tmp_path: Path) -> None:
     io.write_text(target, "done\n")
     assert target.read_text() == "done\n"
     assert [p.name for p in target.parent.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_single_channel_arrays_write_as_grey_images(tmp_path: Path, suffix: str) -> None:
+    """(H, W, 1) arrays (what warping a one-band image returns) write as (H, W) images;
+    tifffile itself refuses them with planarconfig contig."""
+    import tifffile
+
+    img = (np.arange(48, dtype=np.uint16).reshape(6, 8, 1) * 997).astype(np.uint16)
+    path = io.write_image(tmp_path / f"g{suffix}", img)
+    back = tifffile.imread(path) if suffix == ".tif" else io.read_image(path)
+    np.testing.assert_array_equal(np.squeeze(back), img[..., 0])

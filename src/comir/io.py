@@ -139,6 +139,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1 and suffix != ".npy":
+        image = image[..., 0]  # one channel: a plain grey image (tifffile refuses contig 1)
     with atomic_path(path) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile

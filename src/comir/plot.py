@@ -290,3 +290,49 @@ def plot_registration_rows(rows: list[dict], path: str | os.PathLike) -> Path:
     fig.suptitle("overlays: green = fixed, magenta = moving, grey where they agree", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_deformation(
+    transform, fixed, registered, path: str | os.PathLike, title: str = "", lines: int = 16
+) -> Path:
+    """Two panels: the registered image under the deformed grid, and the Jacobian map.
+
+    Left: ``registered`` (the moving image in the fixed frame) with the lines of a regular
+    grid of the *moving* image drawn where ``transform`` (moving → fixed) puts them.
+    Right: the determinant of the Jacobian of the fixed → moving map at every fixed pixel
+    (1: area kept; < 1 and > 1: local contraction and expansion; ≤ 0: folding, in black),
+    from the finite differences of ``transform.apply_inverse`` on the fixed pixel grid.
+    """
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    h, w = np.asarray(fixed).shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    q = transform.apply_inverse(np.stack([xx, yy], axis=-1))
+    dxx, dxy = np.gradient(q[..., 0], axis=1), np.gradient(q[..., 0], axis=0)
+    dyx, dyy = np.gradient(q[..., 1], axis=1), np.gradient(q[..., 1], axis=0)
+    det = dxx * dyy - dxy * dyx
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
+    axes[0].imshow(_display(registered), cmap="gray", interpolation="nearest")
+    t = np.linspace(0.0, 1.0, 200)
+    for k in np.linspace(0.0, 1.0, lines + 1):
+        for pts in (np.stack([t * (w - 1), np.full_like(t, k * (h - 1))], -1),
+                    np.stack([np.full_like(t, k * (w - 1)), t * (h - 1)], -1)):  # fmt: skip
+            p = transform.apply(pts)
+            axes[0].plot(p[:, 0], p[:, 1], color="#ffb000", lw=0.7)
+    axes[0].set_xlim(-0.5, w - 0.5), axes[0].set_ylim(h - 0.5, -0.5)
+    axes[0].set_title("moving-image grid mapped into the fixed frame", fontsize=9)
+    finite = det[np.isfinite(det)]
+    spread = max(1e-3, float(np.abs(finite - 1).max()) if finite.size else 1.0)
+    im = axes[1].imshow(np.ma.masked_less_equal(det, 0), cmap="RdBu_r", interpolation="nearest",
+                        norm=TwoSlopeNorm(1.0, 1.0 - spread, 1.0 + spread))  # fmt: skip
+    axes[1].set_facecolor("black")
+    folded = float(np.mean(~(det > 0)))
+    axes[1].set_title(f"Jacobian determinant (folded {100 * folded:.2f} %)", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -21,8 +21,13 @@ def _method_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
-        "--transform", choices=("rigid", "affine"),
-        help="rigid, or affine: the rigid result refined by gradient descent on NCC (rigid)",
+        "--transform", choices=("rigid", "affine", "deformable"),
+        help="rigid; affine: the rigid result refined (NCC on CoMIRs, MI on raw images); "
+        "deformable: then a smooth displacement field (rigid)",
+    )  # fmt: skip
+    p.add_argument(
+        "--refine", action="append", metavar="KEY=VALUE",
+        help="deformable option, repeatable: grid_spacing=16 smoothness=1 similarity=ncc|mse",
     )  # fmt: skip
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
@@ -33,6 +38,10 @@ def _method_options(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace) -> dict:
     """Back-end keyword options of ``_method_options``: ``--option`` items and ``--transform``."""
     opts = parse_options(args.option)
+    if args.refine:
+        if args.transform != "deformable":
+            raise ComirError("--refine needs --transform deformable")
+        opts["refine"] = parse_options(args.refine)
     if args.transform is not None:
         if opts.get("transform", args.transform) != args.transform:
             raise ComirError("--transform and --option transform=... disagree; give one of them")
@@ -54,10 +63,8 @@ def _register_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("register", "Register MOVING onto FIXED (or their CoMIRs).", _register_arguments)
 def _register_command(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from comir.register import register_files
-    from comir.transform import functional as F
+    from comir.register.files import describe
 
     pair = (args.landmarks_fixed, args.landmarks_moving)
     if (pair[0] is None) != (pair[1] is None):
@@ -71,13 +78,8 @@ def _register_command(args: argparse.Namespace) -> int:
     if not out.ok:
         print(f"comir register: registration failed: {res.status}", file=sys.stderr)
         return 1
-    t = out.transform.translation_about(out.center)
-    print(
-        f"{args.method}: rotation {np.degrees(F.matrix_angles(out.transform.matrix)):.3f}°, "
-        "translation "
-        f"({t[0]:.2f}, {t[1]:.2f}) px about the moving centre, score {res.score:.4g}, "
-        f"{res.seconds:.2f} s"
-    )
+    print(f"{args.method}: {describe(out.transform, out.center)}, score {res.score:.4g}, "
+          f"{res.seconds:.2f} s")  # fmt: skip
     if out.landmarks is not None:
         s = out.landmarks.summary()
         print(
@@ -85,11 +87,10 @@ def _register_command(args: argparse.Namespace) -> int:
             f" rTRE median {s['median_rtre']:.4f} max {s['max_rtre']:.4f}, robustness "
             f"{s['robustness']:.2f} ({s['n_landmarks']} points)"
         )
-    extra = ", landmarks.json" if out.landmarks_json else ""
-    print(
-        f"wrote {out.transform_json}, transform.tfm, transform_ngff.json, "
-        f"{out.registered.name}, overlay.png{extra}"
-    )
+    names = ("transform_tfm", "transform_field", "transform_ngff", "registered", "overlay",
+             "deformation", "landmarks_json")  # fmt: skip
+    written = [getattr(out, n).name for n in names if getattr(out, n) is not None]
+    print(f"wrote {out.transform_json}, {', '.join(written)}")
     return 0
 
 

@@ -8,10 +8,9 @@ maps moving → fixed in the convention of :mod:`comir.transform`. Back-ends:
 * ``mi`` — Mattes mutual information, multi-resolution (SimpleITK);
 * ``elastix`` — Mattes MI with elastix (optional extra ``comir[elastix]``).
 
-``transform="affine"`` refines any back-end's rigid result into an affine map
-(:func:`refine_affine`, gradient descent on the masked NCC in torch);
-``transform="deformable"`` adds a smooth displacement field on top
-(:func:`refine_deformable`).
+``transform="affine"`` and ``"deformable"`` refine the rigid result: on CoMIRs (``fft``,
+``sift``) by NCC in torch, on raw images (``mi``, ``elastix``) by Mattes MI in SimpleITK
+(affine, then a cubic B-spline: :mod:`comir.register.bspline`).
 
 Every back-end is deterministic: the same pair and options give a bit-identical matrix
 (seeded RANSAC, full-sampling MI on one thread, elastix with a fixed ``RandomSeed``).
@@ -62,6 +61,7 @@ def register(
     moving: np.ndarray,
     method: str = "fft",
     transform: str = "rigid",
+    refine: dict | None = None,
     **options,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` rigidly (or affinely, or deformably).
@@ -72,13 +72,21 @@ def register(
         Any numeric dtype; sizes may differ.
     method : {"fft", "sift", "mi", "elastix"}
     transform : {"rigid", "affine", "deformable"}
-        ``affine``: the method's rigid result initialises :func:`refine_affine` (NCC);
-        the result then carries an :class:`~comir.transform.AffineTransform`, its
-        ``score`` is the final NCC and ``details`` holds ``rigid_score``,
-        ``rigid_matrix`` and ``affine_loss`` (``1 − NCC``). ``deformable``: that affine
-        result then initialises :func:`refine_deformable` (NCC, default grid and
-        smoothness); the transform is ``CompositeTransform([affine, field])`` and
-        ``details`` adds ``affine_matrix``, ``affine_score`` and ``folded_fraction``.
+        ``affine``: the method's rigid result initialises an affine refinement;
+        ``deformable``: that affine result then initialises a smooth displacement field.
+        For ``fft`` and ``sift`` (CoMIRs: one modality) the refinements descend on NCC in
+        torch (:func:`refine_affine`, :func:`refine_deformable`); for ``mi`` and
+        ``elastix`` (raw multimodal images) on Mattes MI in SimpleITK
+        (:func:`~comir.register.bspline.refine_affine_mi`, then a B-spline:
+        :func:`~comir.register.bspline.refine_bspline_mi`). The result then carries an
+        :class:`~comir.transform.AffineTransform` or
+        ``CompositeTransform([affine, field])``; ``score`` is the final NCC (or MI) and
+        ``details`` holds ``rigid_score``, ``rigid_matrix``, ``affine_score`` and
+        ``affine_matrix``, and for ``deformable`` the ``folded_fraction`` of the field
+        (Jacobian determinant ≤ 0).
+    refine : dict, optional
+        Keyword options of the deformable refinement (e.g. ``grid_spacing``,
+        ``smoothness``, ``similarity``, ``iterations``).
     **options
         Back-end keyword options (see ``register_<method>``).
 
@@ -108,34 +116,60 @@ def register(
         raise ComirError(
             f"{method}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
         )
+    refine = dict(refine or {})
+    if refine and transform != "deformable":
+        raise ComirError(f"refine options {sorted(refine)} need transform='deformable'")
     res = fn(fixed, moving, **options)
     if transform != "rigid" and res.ok:
-        res = _refine(fixed, moving, res, deformable=transform == "deformable")
+        res = _refine(fixed, moving, res, transform == "deformable", refine)
     return res
 
 
-def _refine(fixed: np.ndarray, moving: np.ndarray, rigid: RegistrationResult, deformable: bool):
+def _refine_options(fn, refine: dict) -> dict:
+    allowed = list(inspect.signature(fn).parameters)[3:]
+    unknown = sorted(set(refine) - set(allowed))
+    if unknown:
+        raise ComirError(
+            f"{fn.__name__}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+        )
+    return refine
+
+
+def _refine(fixed, moving, rigid: RegistrationResult, deformable: bool, refine: dict):
     """Affine (then deformable) refinement of a successful rigid result (times added)."""
     import time
 
+    from comir.register.bspline import MIFailure, refine_affine_mi, refine_bspline_mi
+
     t0 = time.perf_counter()
     f, m = np.asarray(fixed), np.asarray(moving)
-    if (f.shape[2] if f.ndim == 3 else 1) != (m.shape[2] if m.ndim == 3 else 1):
+    raw = rigid.method in ("mi", "elastix")
+    if raw or (f.shape[2] if f.ndim == 3 else 1) != (m.shape[2] if m.ndim == 3 else 1):
         f, m = to_gray(f), to_gray(m)  # e.g. raw RGB vs NIR: compare first principal parts
-    affine, ncc = refine_affine(f, m, rigid.transform, similarity="ncc")
-    details = {
-        **rigid.details,
-        "rigid_score": rigid.score,
-        "rigid_matrix": rigid.transform.matrix.tolist(),
-        "affine_loss": 1.0 - ncc,
-    }
-    out = affine
-    if deformable:
-        details.update(affine_matrix=affine.matrix.tolist(), affine_score=ncc)
-        out, ncc = refine_deformable(f, m, affine, similarity="ncc")
-        details["folded_fraction"] = out.transforms[-1].folded_fraction()
+    f, m = f.astype(np.float32), m.astype(np.float32)
+    affine_fn, local_fn = (
+        (refine_affine_mi, refine_bspline_mi) if raw else (refine_affine, refine_deformable)
+    )
+    sim = {} if raw else {"similarity": "ncc"}
+    local_opts = _refine_options(local_fn, {**sim, **refine}) if deformable else {}
+    try:
+        affine, score = affine_fn(f, m, rigid.transform, **sim)
+        details = {
+            **rigid.details,
+            "rigid_score": rigid.score,
+            "rigid_matrix": rigid.transform.matrix.tolist(),
+            "affine_score": score,
+            "affine_matrix": affine.matrix.tolist(),
+        }
+        out = affine
+        if deformable:
+            out, score = local_fn(f, m, affine, **local_opts)
+            details["folded_fraction"] = out.transforms[-1].folded_fraction()
+    except MIFailure as exc:
+        return RegistrationResult(rigid.transform, rigid.score, rigid.seconds,
+                                  f"failed: {exc}", rigid.method, rigid.details)  # fmt: skip
     seconds = rigid.seconds + time.perf_counter() - t0
-    return RegistrationResult(out, ncc, seconds, "ok", rigid.method, details)
+    return RegistrationResult(out, score, seconds, "ok", rigid.method, details)
 
 
 __all__ = [

@@ -195,11 +195,16 @@ def _row(pair: BatchPair, status: str, seconds: float, out=None) -> dict:
     row = dict(name=pair.name, fixed=pair.fixed, moving=pair.moving, status=status,
                angle_deg=None, tx=None, ty=None, score=None, seconds=round(seconds, 4))  # fmt: skip
     if out is not None and out.ok:
-        t = out.transform.translation_about(out.center)
+        from comir.register.files import global_part
+
+        glob = global_part(out.transform)
+        t = glob.translation_about(out.center)
         score = float(out.result.score)
-        angle = float(np.degrees(F.matrix_angles(out.transform.matrix)))
+        angle = float(np.degrees(F.matrix_angles(glob.matrix)))
         row.update(angle_deg=angle, tx=float(t[0]), ty=float(t[1]),
                    score=score if math.isfinite(score) else None)  # fmt: skip
+        if "folded_fraction" in out.result.details:
+            row["folded_fraction"] = out.result.details["folded_fraction"]
     if out is not None and out.landmarks is not None:
         s = out.landmarks.summary()
         row.update(tre_median_px=s["median_tre_px"], tre_max_px=s["max_tre_px"])
@@ -273,7 +278,11 @@ def _check_method(method: str, options: dict) -> None:
 
     if method not in available_methods():
         raise ComirError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
-    allowed = [*list(inspect.signature(_BACKENDS[method].__wrapped__).parameters)[2:], "transform"]
+    allowed = [
+        *list(inspect.signature(_BACKENDS[method].__wrapped__).parameters)[2:],
+        "transform",
+        "refine",
+    ]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ComirError(
@@ -355,6 +364,7 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     from comir.io import write_text
 
     cols = list(COLUMNS) + (list(TRE_COLUMNS) if any("tre_median_px" in r for r in rows) else [])
+    cols += ["folded_fraction"] if any("folded_fraction" in r for r in rows) else []
     buf = io.StringIO()
     w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()

@@ -6,10 +6,17 @@ with one back-end of :func:`comir.register.register`, and writes into ``out_dir`
 
 * ``transform.json`` — the moving → fixed transform (comir JSON, translation about the
   moving image centre, plus method, score, model and file names);
-* ``transform.tfm`` — the same map as an ITK transform file (fixed → moving, centred at
-  the moving image centre), for ``sitk.ReadTransform`` + ``sitk.Resample``;
+* ``transform.tfm`` — rigid and affine results: the same map as an ITK transform file
+  (fixed → moving, centred at the moving image centre), for ``sitk.ReadTransform`` +
+  ``sitk.Resample``;
+* ``transform_field.nii.gz`` — deformable results: the whole fixed → moving map as an ITK
+  displacement field image on the fixed grid
+  (:func:`comir.transform.save_sitk_displacement`), for
+  ``sitk.DisplacementFieldTransform`` + ``sitk.Resample``;
 * ``transform_ngff.json`` — the same map as OME-NGFF 0.6 coordinate transformations
-  (:func:`comir.transform.save_ngff`);
+  (:func:`comir.transform.save_ngff`; deformable results point to the field image);
+* ``deformation.png`` — deformable results: the deformed grid and the Jacobian map
+  (:func:`comir.plot.plot_deformation`);
 * ``landmarks.json`` — with ``landmarks=(fixed_csv, moving_csv)``: TRE / rTRE of the
   moving landmarks mapped onto the fixed ones (:mod:`comir.landmarks`);
 * ``<moving stem>_registered<suffix>`` — the original moving image (not its CoMIR)
@@ -60,6 +67,8 @@ class FileRegistration:
     transform_ngff: Path | None = None
     landmarks: LandmarkErrors | None = None
     landmarks_json: Path | None = None
+    transform_field: Path | None = None
+    deformation: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,7 +108,7 @@ def register_files(
     landmarks: tuple[PathLike, PathLike] | None = None,
     **options,
 ) -> FileRegistration:
-    """Rigidly register the image in ``moving_path`` onto ``fixed_path``; write the results.
+    """Register the image in ``moving_path`` onto ``fixed_path``; write the results.
 
     Parameters
     ----------
@@ -120,7 +129,9 @@ def register_files(
         Paired landmark files (:func:`comir.landmarks.read_points`), read before
         registering; their TRE is returned and written to ``landmarks.json``.
     **options
-        Back-end options, e.g. ``preset="public"`` for ``sift``.
+        Options of :func:`comir.register.register`: ``transform`` (``rigid``, ``affine``,
+        ``deformable``), ``refine`` and back-end options, e.g. ``preset="public"`` for
+        ``sift``.
 
     Returns
     -------
@@ -151,44 +162,104 @@ def register_files(
     return _write_outputs(res, fixed, moving, paths, method, model, center, landmarks, points)
 
 
+def global_part(transform):
+    """The matrix transform a result starts with: itself (rigid, affine) or the first
+    member of a ``CompositeTransform([affine, field])`` (deformable); None otherwise."""
+    from comir.transform import CompositeTransform, MatrixTransform
+
+    if isinstance(transform, CompositeTransform):
+        transform = transform.transforms[0]
+    return transform if isinstance(transform, MatrixTransform) else None
+
+
+def describe(transform, center) -> str:
+    """One line for people: rotation and translation about ``center`` (rigid), the
+    linear part (affine), and for deformable results the field's largest displacement."""
+    from comir.transform.field import fields_in
+
+    fields = fields_in(transform)
+    glob = global_part(transform)
+    if glob is None:
+        return type(transform).__name__
+    m = np.asarray(glob.matrix)
+    t = glob.translation_about(center)
+    text = (
+        f"rotation {np.degrees(F.matrix_angles(m)):.3f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px"
+        " about the moving centre"
+    )
+    if glob.kind not in ("rigid", "similarity") or fields:
+        a = m[:2, :2]
+        text += f", linear [[{a[0, 0]:.4f}, {a[0, 1]:.4f}], [{a[1, 0]:.4f}, {a[1, 1]:.4f}]]"
+    for f in fields:
+        size = np.linalg.norm(f.displacement, axis=-1)
+        text += (
+            f"; field {f.grid_shape[1]}x{f.grid_shape[0]}, |v| max {size.max():.2f} px, "
+            f"folded {100 * f.folded_fraction():.2f} %"
+        )
+    return text
+
+
+def _title(res, method: str, model, center) -> str:
+    return f"{method}{' on CoMIRs' if model is not None else ''}: {describe(res.transform, center)}"
+
+
+def _write_transform_files(res, fixed, moving, out: Path, center, meta: dict) -> dict:
+    """transform.json, transform.tfm (matrix) or transform_field.nii.gz (field), NGFF."""
+    from comir.transform import MatrixTransform, save_itk_tfm, save_ngff, save_sitk_displacement
+    from comir.transform.field import fields_in
+
+    res.transform.save(out / "transform.json", center=center, **meta)
+    paths = {"transform_json": out / "transform.json"}
+    if isinstance(res.transform, MatrixTransform):
+        save_itk_tfm(res.transform, out / "transform.tfm", center=center)
+        paths["transform_tfm"] = out / "transform.tfm"
+    field_name = None
+    if fields_in(res.transform):
+        field_name = "transform_field.nii.gz"
+        paths["transform_field"] = save_sitk_displacement(
+            res.transform, out / field_name, fixed.shape[:2]
+        )
+    paths["transform_ngff"] = save_ngff(
+        res.transform, out / "transform_ngff.json", fixed.shape[:2], field_name=field_name
+    )
+    return paths
+
+
 def _write_outputs(res, fixed, moving, paths, method, model, center, landmarks, points):
     """Write the files of a successful registration (module docstring)."""
     from comir.io import write_image, write_text
     from comir.landmarks import landmark_errors
-    from comir.plot import plot_registration_overlay
-    from comir.transform import save_itk_tfm, save_ngff
+    from comir.plot import plot_deformation, plot_registration_overlay
+    from comir.transform.field import fields_in
 
     fixed_path, moving_path, out = paths
     name = model
     if model is not None and not isinstance(model, str | os.PathLike):  # a loaded ComirModel
         name = getattr(model, "name", None) or type(model).__name__
-    res.transform.save(
-        out / "transform.json", center=center, method=method,
-        score=float(res.score) if math.isfinite(res.score) else None,
+    meta = dict(
+        method=method, score=float(res.score) if math.isfinite(res.score) else None,
         model=None if name is None else str(name), fixed=str(fixed_path), moving=str(moving_path),
     )  # fmt: skip
-    save_itk_tfm(res.transform, out / "transform.tfm", center=center)
-    ngff = save_ngff(res.transform, out / "transform_ngff.json", fixed.shape[:2])
+    if "folded_fraction" in res.details:
+        meta["folded_fraction"] = res.details["folded_fraction"]
+    files = _write_transform_files(res, fixed, moving, out, center, meta)
     warped = res.transform.warp(moving, fixed.shape[:2])
-    reg_path = write_image(
+    files["registered"] = write_image(
         out / f"{moving_path.stem}_registered{moving_path.suffix.lower()}", warped
     )
-    t = res.transform.translation_about(center)
-    overlay = plot_registration_overlay(
-        fixed, moving, warped, out / "overlay.png",
-        title=f"{method}{' on CoMIRs' if model is not None else ''}: rotation "
-        f"{np.degrees(F.matrix_angles(res.transform.matrix)):.2f}°, translation ({t[0]:.2f}, {t[1]:.2f}) px",
-    )  # fmt: skip
-    errors = lm_json = None
+    title = _title(res, method, model, center)
+    files["overlay"] = plot_registration_overlay(fixed, moving, warped, out / "overlay.png", title)
+    if fields_in(res.transform):
+        files["deformation"] = plot_deformation(
+            res.transform, fixed, warped, out / "deformation.png", title=f"{method} deformable"
+        )
+    errors = None
     if points is not None:
         errors = landmark_errors(res.transform, *points, fixed.shape)
-        lm_json = out / "landmarks.json"
-        files = {"fixed_landmarks": str(landmarks[0]), "moving_landmarks": str(landmarks[1])}
-        write_text(lm_json, json.dumps({**files, **errors.to_dict()}, indent=2) + "\n")
-    return FileRegistration(
-        res, center, out / "transform.json", out / "transform.tfm", reg_path, overlay,
-        ngff, errors, lm_json,
-    )  # fmt: skip
+        files["landmarks_json"] = out / "landmarks.json"
+        lm = {"fixed_landmarks": str(landmarks[0]), "moving_landmarks": str(landmarks[1])}
+        write_text(files["landmarks_json"], json.dumps({**lm, **errors.to_dict()}, indent=2) + "\n")
+    return FileRegistration(res, center, landmarks=errors, **files)
 
 
 def _read_landmarks(landmarks, fixed_shape, moving_shape):

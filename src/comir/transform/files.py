@@ -374,23 +374,28 @@ def _as_matrix(transform: Transform) -> np.ndarray:
 
 
 def save_ngff(
-    transform: Transform, path: str | os.PathLike, fixed_shape: tuple[int, ...] | None = None
+    transform: Transform,
+    path: str | os.PathLike,
+    fixed_shape: tuple[int, ...] | None = None,
+    field_name: str | None = None,
 ) -> Path:
     """Atomically write :func:`ngff_dict` as JSON (``transform_ngff.json``).
 
-    A transform with a displacement field also writes ``<stem>_field.nii.gz`` next to it
-    (:func:`save_sitk_displacement` on ``fixed_shape``), before the JSON that names it.
+    A transform with a displacement field needs its field image next to the JSON:
+    ``field_name`` names one already written there (:func:`save_sitk_displacement`);
+    without it ``<stem>_field.nii.gz`` is written on ``fixed_shape`` first.
     """
     from comir.io import write_text
     from comir.transform.field import fields_in
 
     path = Path(path)
-    field_name = None
-    if fields_in(transform):
+    if fields_in(transform) and field_name is None:
         if fixed_shape is None:
             raise ValueError("a transform with a displacement field needs fixed_shape")
         field_name = f"{path.stem}_field.nii.gz"
         save_sitk_displacement(transform, path.parent / field_name, fixed_shape)
+    elif not fields_in(transform):
+        field_name = None
     write_text(path, json.dumps(ngff_dict(transform, field_name), indent=2) + "\n")
     return path
 
