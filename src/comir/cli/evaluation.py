@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from comir.cli.base import command, parse_options
+from comir.cli.base import command
 from comir.errors import ComirError
 
 
@@ -38,6 +38,14 @@ def _make_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="translation step per level in px (published: 7 at W=300, 20 at W=834; "
         "else 7·W/300)",
     )  # fmt: skip
+    p.add_argument(
+        "--deform", type=float, metavar="SIGMA_PX",
+        help="compose each rigid motion with a smooth random field of this std per component "
+        "(px); writes ground truth + landmarks, evaluate then reports TRE/rTRE",
+    )  # fmt: skip
+    p.add_argument(
+        "--deform-scale", type=float, metavar="PX", help="length scale of that field (0.2·W)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -51,7 +59,8 @@ def _make_eval_command(args: argparse.Namespace) -> int:
         args.data, layout=args.layout, a=args.a, b=args.b, out=args.out, width=args.width,
         levels=args.levels, per_image=args.per_image, seed=args.seed, norm=args.norm,
         norm_b=args.norm_b, log_a=args.log_a, log_b=args.log_b, bits=args.bits,
-        tiling=args.tiling, trans_step=args.trans_step, progress=not args.quiet,
+        tiling=args.tiling, trans_step=args.trans_step, deform=args.deform,
+        deform_scale=args.deform_scale, progress=not args.quiet,
     )  # fmt: skip
     info = json.loads((out / "eval_info.json").read_text())
     print(
@@ -60,6 +69,11 @@ def _make_eval_command(args: argparse.Namespace) -> int:
         f"{info['trans_step_px']:g} px) to {out} "
         f"(patch_tlevel{{{','.join(map(str, info['levels']))}}})"
     )
+    if "deform_px" in info:
+        print(
+            f"deformation: smooth field, {info['deform_px']:g} px std per component, length "
+            f"scale {info['deform_scale_px']:g} px; ground truth in truth/, landmarks_test.csv"
+        )
     return 0
 
 
@@ -86,6 +100,13 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "--merge", metavar="RES", help="merge the finished shards of RES (no registration)"
     )
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="back-end option")
+    p.add_argument(
+        "--transform", choices=("rigid", "affine", "deformable"),
+        help="transform family registered (as comir register --transform; rigid)",
+    )  # fmt: skip
+    p.add_argument(
+        "--refine", action="append", metavar="KEY=VALUE", help="deformable option, repeatable"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -102,7 +123,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         s = evaluate(
             args.eval_dir, method=args.method, model=args.model, direction=args.direction,
             out=args.out, workers=args.workers, progress=not args.quiet, shard=args.shard,
-            scheduler=args.scheduler, **parse_options(args.option),
+            scheduler=args.scheduler, **_options(args),
         )  # fmt: skip
     if s.get("complete") is False:
         print(
@@ -121,8 +142,21 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         f"{'inf' if med is None else f'{med:.2f}'} px (threshold {s['threshold_px']:.2f} px), "
         f"{s['seconds_per_pair']:.3f} s/pair"
     )
+    if s.get("tre"):
+        t = s["tre"]["all"]
+        print(
+            f"landmarks: TRE mean {t['mean']:.2f}, median {t['median']:.2f}, max {t['max']:.2f} px;"
+            f" rTRE median {t['rtre_median']:.4f}; success (mean TRE ≤ {s['threshold_px']:.2f}"
+            f" px) {t['success']:.3f}; folded {100 * (s['folded_fraction'] or 0):.3f} %"
+        )
     print(f"wrote {args.out}/results.csv, summary.json, success_vs_threshold.png")
     return 0
+
+
+def _options(args: argparse.Namespace) -> dict:
+    from comir.cli.registration import _options as registration_options
+
+    return registration_options(args)
 
 
 def _compare_arguments(p: argparse.ArgumentParser) -> None:

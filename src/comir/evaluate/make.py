@@ -181,11 +181,15 @@ def _storage(image: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _write_patches(
-    ldir: Path, pl: Placement, matrix: np.ndarray, pairs, width: int, bits: int
+    ldir: Path, pl: Placement, matrix: np.ndarray, pairs, width: int, bits: int, field=None
 ) -> bool:
-    """Write ``<id>_R``/``<id>_T`` of both modalities; True when sampling left the source."""
+    """Write ``<id>_R``/``<id>_T`` of both modalities; True when sampling left the source.
+
+    ``field``: the transformed pixel ``p`` shows the reference at ``M(field(p))``.
+    """
     sample_map = matrix if pl.local else F.translation_matrix((pl.x0, pl.y0)) @ matrix
-    pts = F.apply_matrices(sample_map, _pixel_grid(width))
+    grid = _pixel_grid(width)
+    pts = F.apply_matrices(sample_map, grid if field is None else field.apply(grid))
     crop = (slice(pl.y0, pl.y0 + width), slice(pl.x0, pl.x0 + width))
     h, w = (width, width) if pl.local else pairs.images_a[pl.pair].shape[:2]
     reflected = bool((pts < 0).any() or (pts[:, 0] > w - 1).any() or (pts[:, 1] > h - 1).any())
@@ -201,16 +205,21 @@ def _write_patches(
 
 
 def _write_level(ldir: Path, level: int, places: list[Placement], pairs, width: int,
-                 seed: int, step: float, bits: int) -> None:  # fmt: skip
-    """One ``patch_tlevel<k>`` folder: images and ``info_test.csv``."""
+                 seed: int, step: float, bits: int, deform=None) -> None:  # fmt: skip
+    """One ``patch_tlevel<k>`` folder: images and ``info_test.csv`` (with ``deform =
+    (sigma, scale)`` also the ground truth and landmarks of :mod:`.deform`)."""
+    from comir.evaluate import deform as D
+
     angle, tx, ty = P.draw_level(level, len(places), width, seed, step)
     mats = P.ground_truth_matrices(tx, ty, np.deg2rad(angle), width)
+    truths = None if deform is None else D.truth_transforms(mats, width, *deform, seed, level)
     ref = P.reference_corners(width)
     trans = P.transformed_corners(mats, width)
     disp = P.displacements(trans, ref)
     rows = []
     for j, pl in enumerate(places):
-        reflected = _write_patches(ldir, pl, mats[j], pairs, width, bits)
+        field = None if truths is None else truths[j].transforms[0]
+        reflected = _write_patches(ldir, pl, mats[j], pairs, width, bits, field)
         rows.append(
             {
                 "Filename": pl.id,
@@ -229,6 +238,8 @@ def _write_level(ldir: Path, level: int, places: list[Placement], pairs, width: 
             }
         )
     write_csv(ldir / "info_test.csv", P.INFO_COLUMNS, rows)
+    if truths is not None:
+        D.write_truth(ldir, [pl.id for pl in places], truths, width)
 
 
 def _check_options(width: int, bits: int, tiling: str, levels: Sequence[int], step) -> list[int]:
@@ -289,6 +300,8 @@ def make_eval(
     trans_step: float | None = None,
     tiling: str = "context",
     offset: int | str | None = "published",
+    deform: float | None = None,
+    deform_scale: float | None = None,
     progress: bool = False,
     **load_options,
 ) -> Path:
@@ -322,6 +335,12 @@ def make_eval(
     offset : int, "published" or None
         One patch per image at ``(offset, offset)`` when ``per_image`` is not given and the
         image holds it; ``"published"``: the released set's offset for w (608 at 834).
+    deform : float, optional
+        Compose each level's rigid motion with a smooth random displacement of this
+        standard deviation per component in px, and write the ground truth and landmarks
+        (:mod:`comir.evaluate.deform`); :func:`evaluate` then also reports TRE / rTRE.
+    deform_scale : float, optional
+        Length scale of that field in px (default ``0.2 w``).
 
     Returns
     -------
@@ -334,17 +353,24 @@ def make_eval(
     levels = _check_options(width, bits, tiling, levels, trans_step)
     step = P.translation_step(width, trans_step)
     off = _resolve_offset(offset, width)
+    from comir.evaluate.deform import check_deform
+
+    scale = check_deform(deform, deform_scale, width)
     pairs = load_pairs(root, layout=layout, a=a, b=b, norm=norm, **load_options)
     out = Path(out)
     _, (_, t_hi) = P.level_ranges(max(levels), width, step)
     places = _placements(pairs, width, context_margin(width, t_hi), per_image, seed, tiling, off)
     bar = progress_bar(len(levels), "make-eval", progress, unit="level")
     for level in levels:
-        _write_level(out / f"patch_tlevel{level}", level, places, pairs, width, seed, step, bits)
+        _write_level(out / f"patch_tlevel{level}", level, places, pairs, width, seed, step, bits,
+                     None if scale is None else (float(deform), scale))  # fmt: skip
         bar.update(1)
     bar.close()
     info = _set_info(root, layout, a, b, norm, pairs.spec, width, levels, per_image, seed)
     info.update(bits=bits, tiling=tiling, offset=off, trans_step_px=step)
+    if scale is not None:
+        info.update(deform_px=float(deform), deform_scale_px=scale,
+                    landmarks="patch_tlevel<k>/landmarks_test.csv, truth/<id>.json")  # fmt: skip
     info.update(n_per_level=len(places), values=f"prepared float = stored value / {unit_max(bits)}")
     write_text(out / "eval_info.json", json.dumps(info, indent=2) + "\n")
     return out

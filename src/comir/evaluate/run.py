@@ -28,26 +28,34 @@ MISSING = "missing"
 @dataclass(frozen=True)
 class PairResult:
     """Outcome of one pair: recovered moving → fixed ``matrix`` (3×3 nested list, None
-    for a failure), back-end ``score``, ``seconds`` and ``status`` (``"ok"``,
-    ``"failed: …"``, ``"missing: <file>"``, ``"unreadable: <file>"``)."""
+    for a failure; the global part of a deformable result), back-end ``score``,
+    ``seconds`` and ``status`` (``"ok"``, ``"failed: …"``, ``"missing: <file>"``,
+    ``"unreadable: <file>"``); on deformable sets ``landmarks``, the pair's moving
+    landmarks mapped by the whole recovered transform, and the ``folded`` fraction of a
+    recovered field."""
 
     index: int
     matrix: list[list[float]] | None
     score: float
     seconds: float
     status: str
+    landmarks: list[list[float]] | None = None
+    folded: float | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (NaN score → None)."""
+        """JSON-ready dict (NaN score → None; landmarks and folded only when present)."""
         score = self.score if math.isfinite(self.score) else None
-        return {"index": self.index, "matrix": self.matrix, "score": score,
-                "seconds": self.seconds, "status": self.status}  # fmt: skip
+        out = {"index": self.index, "matrix": self.matrix, "score": score,
+               "seconds": self.seconds, "status": self.status}  # fmt: skip
+        extra = {"landmarks": self.landmarks, "folded": self.folded}
+        return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
     def from_dict(cls, d: dict) -> PairResult:
         score = d.get("score")
         return cls(int(d["index"]), d.get("matrix"), math.nan if score is None else float(score),
-                   float(d.get("seconds", 0.0)), str(d.get("status", "failed")))  # fmt: skip
+                   float(d.get("seconds", 0.0)), str(d.get("status", "failed")),
+                   d.get("landmarks"), d.get("folded"))  # fmt: skip
 
     @property
     def missing(self) -> bool:
@@ -67,6 +75,7 @@ class PairTask:
     method: str | Callable
     options: dict
     info: dict
+    points: list[list[float]] | None = None
 
 
 def _init_worker(threads: int) -> None:
@@ -137,8 +146,21 @@ def register_pair(task: PairTask) -> PairResult:
     score = float(getattr(res, "score", math.nan))
     if not ok or res.transform is None:
         return PairResult(task.index, None, score, seconds, status if status != "ok" else "failed")
-    matrix = np.asarray(res.transform.matrix, dtype=float).tolist()
-    return PairResult(task.index, matrix, score, seconds, status)
+    return _success(task, res, score, seconds, status)
+
+
+def _success(task: PairTask, res, score: float, seconds: float, status: str) -> PairResult:
+    from comir.register.files import global_part
+
+    glob = global_part(res.transform)
+    matrix = None if glob is None else np.asarray(glob.matrix, dtype=float).tolist()
+    points = None
+    if task.points is not None:
+        warped = res.transform.apply(np.asarray(task.points, dtype=float))
+        points = np.where(np.isfinite(warped), warped, np.nan).tolist()
+    folded = getattr(res, "details", {}).get("folded_fraction")
+    return PairResult(task.index, matrix, score, seconds, status, points,
+                      None if folded is None else float(folded))  # fmt: skip
 
 
 #: Pairs per pool worker below which the default stays in this process: a spawned worker
@@ -225,6 +247,7 @@ class Pair:
     moving: str | None
     problem: str | None
     info: dict
+    points: list[list[float]] | None = None
 
 
 def pair_table(levels: Sequence[EvalLevel], direction: str) -> list[Pair]:
@@ -239,12 +262,14 @@ def pair_table(levels: Sequence[EvalLevel], direction: str) -> list[Pair]:
             absent += [lv.expected(mov, name, "T")] if m is None else []
             problem = f"{MISSING}: {absent[0]}" if absent else None
             fs, ms = (None if p is None else str(p) for p in (f, m))
-            out.append(Pair(len(out), lv.label, name, fs, ms, problem, dict(row)))
+            pts = None if lv.landmarks is None else lv.landmarks.get(name)
+            pts = None if pts is None else pts[0].tolist()
+            out.append(Pair(len(out), lv.label, name, fs, ms, problem, dict(row), pts))
     return out
 
 
 def _task(pair: Pair, fixed, moving, problem, method, options: dict) -> PairTask:
-    return PairTask(pair.index, fixed, moving, problem, method, options, pair.info)
+    return PairTask(pair.index, fixed, moving, problem, method, options, pair.info, pair.points)
 
 
 def _embedded_tasks(pairs, model, eval_dir, direction, cache: Path, progress, method, options):

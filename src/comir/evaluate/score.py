@@ -3,7 +3,9 @@
 Per pair (Lu et al., PLOS ONE 2022; MultiRegEval ``evaluate.py``): the recovered corners
 ``M⁻¹(Trans)``, the error (mean corner distance to Ref, NaN for a failure), success
 ``error ≤ 0.02 w``. A failed, missing or unreadable pair stays in ``n_pairs`` and counts as
-a failure.
+a failure. On deformable sets (:mod:`comir.evaluate.deform`) the corners score the global
+part of the recovered transform, and the landmarks the whole of it: TRE / rTRE per pair
+and per level, success ``mean TRE ≤ 0.02 w``, and the folded fraction of recovered fields.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def score_pairs(levels: Sequence[EvalLevel], results: Sequence[PairResult]) -> d
         seconds[r.index], status[r.index] = r.seconds, r.status
     widths = P.corner_widths(ref)
     errors = F.corner_errors(matrices, trans, ref)
+    tre = _landmark_scores(levels, results, n, widths)
     return {
+        **tre,
         "labels": labels,
         "names": names,
         "recovered": P.recovered_corners(matrices, trans),
@@ -59,7 +63,50 @@ def score_pairs(levels: Sequence[EvalLevel], results: Sequence[PairResult]) -> d
     }
 
 
+#: Extra ``results.csv`` columns of deformable sets and the score keys they hold.
+TRE_COLUMNS = {"TRE_Mean": "tre_mean", "TRE_Median": "tre_median", "TRE_Max": "tre_max",
+               "rTRE_Median": "rtre_median", "rTRE_Max": "rtre_max", "Folded": "folded"}  # fmt: skip
+
+
+def _landmark_scores(levels, results, n: int, widths: np.ndarray) -> dict:
+    """TRE statistics (:func:`comir.evaluate.deform.tre_table`) when the set has landmarks."""
+    from comir.evaluate.deform import tre_table
+
+    if all(lv.landmarks is None for lv in levels):
+        return {}
+    fixed = [
+        None if lv.landmarks is None or name not in lv.landmarks else lv.landmarks[name][1]
+        for lv in levels
+        for name in lv.names
+    ]
+    warped: list = [None] * n
+    folded = np.full(n, np.nan)
+    for r in results:
+        warped[r.index] = r.landmarks
+        folded[r.index] = np.nan if r.folded is None else r.folded
+    return {**tre_table(warped, fixed, widths), "folded": folded}
+
+
+def _tre_summary(s: dict) -> dict:
+    """Per level and ``all``: mean / median / max of the per-pair mean TRE (failures
+    infinite), median and max rTRE, success ``mean TRE ≤ 0.02 w``."""
+    labels = np.array(s["labels"])
+    out = {}
+    for lb in [*dict.fromkeys(s["labels"]), "all"]:
+        keep = np.ones(len(labels), bool) if lb == "all" else labels == lb
+        t = np.where(np.isfinite(s["tre_mean"][keep]), s["tre_mean"][keep], np.inf)
+        r = np.where(np.isfinite(s["rtre_median"][keep]), s["rtre_median"][keep], np.inf)
+        rmax = np.where(np.isfinite(s["rtre_max"][keep]), s["rtre_max"][keep], np.inf)
+        ok = t <= P.SUCCESS_FRACTION * s["widths"][keep]
+        out[lb] = {k: (float(v) if np.isfinite(v) else None) for k, v in {
+            "mean": t.mean(), "median": np.median(t), "max": t.max(),
+            "rtre_median": np.median(r), "rtre_max": rmax.max()}.items()}  # fmt: skip
+        out[lb]["success"] = float(ok.mean())
+    return out
+
+
 def _result_rows(s: dict) -> list[dict]:
+    extra = TRE_COLUMNS if "tre_mean" in s else {}
     return [
         {
             "Filename": s["names"][i],
@@ -70,6 +117,7 @@ def _result_rows(s: dict) -> list[dict]:
             "Displacement": s["displacement"][i],
             "Seconds": s["seconds"][i],
             "Status": s["status"][i],
+            **{col: s[key][i] for col, key in extra.items()},
         }
         for i in range(len(s["names"]))
     ]
@@ -106,6 +154,11 @@ def _summary(s: dict, header: dict, missing: list[str], embed_seconds: float,
         "missing": missing,
         "method_options": header["method_options"],
     }
+    if "tre_mean" in s:
+        out["tre"] = _tre_summary(s)
+        folded = s["folded"][np.isfinite(s["folded"])]
+        out["folded_fraction"] = float(folded.mean()) if folded.size else None
+        out["max_folded_fraction"] = float(folded.max()) if folded.size else None
     if shard_walls is not None:
         out["shard_wall_seconds"] = [round(w, 3) for w in shard_walls]
     return out
@@ -126,7 +179,8 @@ def finish(
     """
     out = Path(out)
     s = score_pairs(levels, results)
-    write_csv(out / "results.csv", P.RESULT_COLUMNS, _result_rows(s))
+    columns = P.RESULT_COLUMNS + (list(TRE_COLUMNS) if "tre_mean" in s else [])
+    write_csv(out / "results.csv", columns, _result_rows(s))
     missing = _missing(results)
     if missing:
         warn(

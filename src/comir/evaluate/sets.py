@@ -40,6 +40,9 @@ class EvalLevel:
         The CSV rows as read.
     files : dict
         ``"A"``/``"B"`` → image stem (``<id>_R``) → path, for the images present.
+    landmarks : dict or None
+        ``Filename`` → ``(moving (N, 2), fixed (N, 2))`` points of a deformable set
+        (``landmarks_test.csv``, :mod:`comir.evaluate.deform`); None for rigid sets.
     """
 
     label: str
@@ -49,6 +52,7 @@ class EvalLevel:
     trans: np.ndarray
     rows: list[dict] = field(repr=False)
     files: dict[str, dict[str, Path]] = field(repr=False)
+    landmarks: dict | None = field(default=None, repr=False)
 
     @property
     def widths(self) -> np.ndarray:
@@ -140,7 +144,10 @@ def read_level(folder: str | os.PathLike) -> EvalLevel:
         raise ComirError(f"{csv_path}: non-numeric corner coordinate ({exc})") from None
     files = {m: _index_images(folder / m / "test") for m in ("A", "B")}
     names = [r["Filename"] for r in rows]
-    return EvalLevel(_level_label(folder), folder, names, ref, trans, rows, files)
+    from comir.evaluate.deform import read_landmarks
+
+    points = read_landmarks(folder)
+    return EvalLevel(_level_label(folder), folder, names, ref, trans, rows, files, points)
 
 
 def read_patch(path: str | os.PathLike) -> np.ndarray:
