@@ -9,8 +9,9 @@ maps moving → fixed in the convention of :mod:`comir.transform`. Back-ends:
 * ``elastix`` — Mattes MI with elastix (optional extra ``comir[elastix]``).
 
 ``transform="affine"`` and ``"deformable"`` refine the rigid result: on CoMIRs (``fft``,
-``sift``) by NCC in torch, on raw images (``mi``, ``elastix``) by Mattes MI in SimpleITK
-(affine, then a cubic B-spline: :mod:`comir.register.bspline`).
+``sift``) by NCC in torch, on raw images (``mi``) by Mattes MI in SimpleITK (affine, then
+a cubic B-spline: :mod:`comir.register.bspline`); ``elastix`` runs its own rigid → affine
+→ B-spline chain.
 
 Every back-end is deterministic: the same pair and options give a bit-identical matrix
 (seeded RANSAC, full-sampling MI on one thread, elastix with a fixed ``RandomSeed``).
@@ -75,10 +76,12 @@ def register(
         ``affine``: the method's rigid result initialises an affine refinement;
         ``deformable``: that affine result then initialises a smooth displacement field.
         For ``fft`` and ``sift`` (CoMIRs: one modality) the refinements descend on NCC in
-        torch (:func:`refine_affine`, :func:`refine_deformable`); for ``mi`` and
-        ``elastix`` (raw multimodal images) on Mattes MI in SimpleITK
+        torch (:func:`refine_affine`, :func:`refine_deformable`); for ``mi`` (raw
+        multimodal images) on Mattes MI in SimpleITK
         (:func:`~comir.register.bspline.refine_affine_mi`, then a B-spline:
-        :func:`~comir.register.bspline.refine_bspline_mi`). The result then carries an
+        :func:`~comir.register.bspline.refine_bspline_mi`); ``elastix`` runs elastix's own
+        rigid → affine → B-spline chain
+        (:func:`~comir.register.elastix.register_elastix_chain`). The result then carries an
         :class:`~comir.transform.AffineTransform` or
         ``CompositeTransform([affine, field])``; ``score`` is the final NCC (or MI) and
         ``details`` holds ``rigid_score``, ``rigid_matrix``, ``affine_score`` and
@@ -119,6 +122,13 @@ def register(
     refine = dict(refine or {})
     if refine and transform != "deformable":
         raise ComirError(f"refine options {sorted(refine)} need transform='deformable'")
+    if method == "elastix" and transform != "rigid":
+        from comir.register.elastix import register_elastix_chain
+
+        grid = _refine_options(register_elastix_chain, refine).get("grid_spacing", 64.0)
+        chain = {k: v for k, v in options.items() if k in ("resolutions", "iterations", "bins",
+                                                          "threads")}  # fmt: skip
+        return register_elastix_chain(fixed, moving, transform == "deformable", grid, **chain)
     res = fn(fixed, moving, **options)
     if transform != "rigid" and res.ok:
         res = _refine(fixed, moving, res, transform == "deformable", refine)
@@ -143,7 +153,7 @@ def _refine(fixed, moving, rigid: RegistrationResult, deformable: bool, refine: 
 
     t0 = time.perf_counter()
     f, m = np.asarray(fixed), np.asarray(moving)
-    raw = rigid.method in ("mi", "elastix")
+    raw = rigid.method == "mi"
     if raw or (f.shape[2] if f.ndim == 3 else 1) != (m.shape[2] if m.ndim == 3 else 1):
         f, m = to_gray(f), to_gray(m)  # e.g. raw RGB vs NIR: compare first principal parts
     f, m = f.astype(np.float32), m.astype(np.float32)

@@ -79,7 +79,7 @@ def refine_deformable(
     grid_spacing: float = 16.0,
     smoothness: float = SMOOTHNESS,
     levels: tuple[int, ...] = (4, 2, 1),
-    iterations: tuple[int, ...] = (80, 60, 40),
+    iterations: tuple[int, ...] = (40, 30, 20),
     lr: float = 0.3,
     device: str = "cpu",
 ) -> tuple[CompositeTransform, float]:
