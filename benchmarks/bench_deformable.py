@@ -16,7 +16,8 @@ mean folded fraction. The baseline of every figure is ``mi-bspline`` on the same
 ``ratio`` is baseline / value for TRE and time (above 1: better, faster than the baseline)
 and value / baseline for success.
 
-Run: ``.venv/bin/python benchmarks/bench_deformable.py [--per-image 12] [--workers 2]``
+Run: ``.venv/bin/python benchmarks/bench_deformable.py [--per-image 12] [--workers 2]``;
+``--table LINES.jsonl`` prints the README table of such output instead.
 """
 
 from __future__ import annotations
@@ -91,12 +92,32 @@ def figures(sample: str, runs: dict) -> list[dict]:
     return rows
 
 
+def markdown(lines: list[dict]) -> str:
+    """The README table: one row per sample and configuration."""
+    cells: dict[tuple[str, str], dict] = {}
+    for d in lines:
+        head, label = d["name"].split(": ", 1)
+        _, sample, config = head.split(" ")
+        cells.setdefault((sample, config), {})[label.split(" (")[0]] = d["value"]
+    out = ["| sample | run | median TRE (px) | success | s/pair | folded |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    for (sample, config), v in cells.items():
+        folded = "–" if v["folded fraction"] is None else f"{100 * v['folded fraction']:.2f} %"
+        out.append(f"| {sample} | {config} | {v['median TRE']:.2f} | {v['success']:.2f} | "
+                   f"{v['time per pair']:.2f} | {folded} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", type=Path, metavar="LINES.jsonl")
     ap.add_argument("--per-image", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--samples", nargs="+", default=["sentinel2", "ihc"])
     args = ap.parse_args()
+    if args.table:
+        print(markdown([json.loads(x) for x in args.table.read_text().splitlines() if x.strip()]))
+        return
     from comir.evaluate import registration_pool
 
     load = os.getloadavg()[0]
