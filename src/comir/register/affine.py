@@ -170,7 +170,7 @@ def refine_affine(
     init: MatrixTransform,
     similarity: str = "mse",
     levels: tuple[int, ...] = (4, 2, 1),
-    iterations: tuple[int, ...] = (80, 50, 30),
+    iterations: tuple[int, ...] = (40, 25, 15),
     lr: float = 0.01,
     device: str = "cpu",
 ) -> tuple[AffineTransform, float]:
