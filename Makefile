@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup setup-napari demo test test-fast lint format bench clean
 
 $(BIN)/comir: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,14 +15,22 @@ $(BIN)/comir: pyproject.toml
 
 setup: $(BIN)/comir
 
+# the napari plugin and what its tests need (Qt, pytest-qt, pytest-xvfb); the demo does
+# without them. Headless Qt also needs Debian's Xvfb and GL/xcb libraries (.ci/run).
+$(VENV)/.napari-installed: $(BIN)/comir
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_PIN)" -e ".[dev,napari,napari-test]"
+	touch $@
+
+setup-napari: $(VENV)/.napari-installed
+
 demo: setup
 	$(BIN)/comir demo --out demo-out
 
-test: setup
+test: setup-napari
 	$(BIN)/python -m pytest -q
 
 # everything but the end-to-end runs marked slow (demo, process pools, distributed)
-test-fast: setup
+test-fast: setup-napari
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup

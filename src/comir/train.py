@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,6 +315,7 @@ class _Run:
     running: float = math.nan  # exponential moving average of the loss
     warned: bool = False
     bar: Any = None
+    callback: Any = None  # f(metrics row) after every step (rank 0); may raise to stop
 
     @property
     def device(self) -> torch.device:
@@ -455,6 +456,8 @@ def _log_step(run: _Run, stats: dict[str, float], epoch: int) -> None:
     if run.bar is not None:  # rank 0 only
         run.bar.update(1)
         run.bar.set_postfix(loss=f"{run.running:.4f}", std=f"{stats['out_std']:.3g}")
+    if run.callback is not None and run.world.main:
+        run.callback(run.rows[-1])
 
 
 def _check_collapse(run: _Run, stats: dict[str, float]) -> None:
@@ -537,7 +540,11 @@ def _write_logs(run: _Run) -> None:
 
 
 def train(
-    config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
+    config: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
 ) -> Path:
     """Train a CoMIR model pair and write the run folder.
 
@@ -552,6 +559,10 @@ def train(
         final weights equal those of an uninterrupted run.
     progress : bool
         Show a tqdm bar with the running loss (rank 0).
+    callback : callable, optional
+        ``callback(row)`` after every step on rank 0 with that step's ``metrics.csv`` row
+        (``step``, ``loss``, ...); an exception it raises stops training and propagates
+        (the napari Train widget's live plot and cancel button, :mod:`comir.napari`).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this: each draws its own
     patch stream of ``config.batch_size`` pairs (the per-rank batch), gradients are averaged
@@ -569,7 +580,7 @@ def train(
     world = distributed.setup(resolve_device(config.device))
     try:
         with distributed.collective_errors(world):
-            _train_in(config, folder, world, resume, progress)
+            _train_in(config, folder, world, resume, progress, callback)
         distributed.barrier(world)  # the model is written before any rank returns
     finally:
         distributed.teardown(world)
@@ -577,12 +588,13 @@ def train(
 
 
 def _train_in(
-    config: TrainConfig, folder: Path, world: World, resume: bool, progress: bool
+    config: TrainConfig, folder: Path, world: World, resume: bool, progress: bool, callback=None
 ) -> None:
     """:func:`train` on this process's rank (rank 0 writes the run folder)."""
     device = world.device
     stored = open_run_folder(folder, config, resume)
     run = _build_run(config, folder, world, stored)
+    run.callback = callback
     distributed.barrier(world)  # every rank checked the folder before rank 0 writes to it
     # The run draws from the global RNG (dropout); fork it so callers' streams are untouched
     # and so a resumed run restores exactly the state it was saved with.
