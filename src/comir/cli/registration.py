@@ -24,6 +24,9 @@ def _method_options(p: argparse.ArgumentParser) -> None:
         "--transform", choices=("rigid", "affine"),
         help="rigid, or affine: the rigid result refined by gradient descent on NCC (rigid)",
     )  # fmt: skip
+    p.add_argument("--max-size", type=int, metavar="PX",
+                   help="whole slides: long side of the global-search level (1024; docs/slides.md)")
+    p.add_argument("--pixel-size", type=float, metavar="UM", help="slides: level-0 µm per pixel")
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="back-end option, repeatable; e.g. preset=public (sift: the study's baseline)",
@@ -37,7 +40,8 @@ def _options(args: argparse.Namespace) -> dict:
         if opts.get("transform", args.transform) != args.transform:
             raise ComirError("--transform and --option transform=... disagree; give one of them")
         opts["transform"] = args.transform
-    return opts
+    slide = {"max_size": args.max_size, "pixel_size": args.pixel_size}
+    return {**opts, **{k: v for k, v in slide.items() if v is not None}}
 
 
 def _register_arguments(p: argparse.ArgumentParser) -> None:
