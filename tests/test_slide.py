@@ -237,3 +237,33 @@ def test_cli_corrupt_moving_slide_exits_2_and_leaves_nothing(tmp_path, capsys):
     msg = err.split("comir register: error: ")[-1]
     assert "moving.ome.tif: a tile cannot be decoded" in msg and len(msg.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_register_batch_slide_pairs_by_shard_resumable(tmp_path, capsys):
+    from comir.cli import main
+    from comir.register import register_pairs
+
+    rows = ["name,fixed,moving"]
+    truths = {}
+    for k, angle in enumerate((3.0, -4.0)):
+        d = tmp_path / f"p{k}"
+        fixed, moving, truths[f"p{k}"] = make_slide_pair(d, size=800, angle_deg=angle, tile=256)
+        rows.append(f"p{k},{fixed},{moving}")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    argv = ["register-batch", str(csv), "--out", str(out), "--workers", "1", "--quiet"]
+    assert main([*argv, "--shard", "0/2", "--max-size", "200"]) == 0
+    first = [p.name for p in out.iterdir() if p.is_dir()]
+    assert len(first) == 1 and (out / "summary.shard-0-of-2.csv").exists()
+    rep = register_pairs(csv, out, workers=1, progress=False, shard="1/2", max_size=200)
+    assert rep.n_ok == 1 and rep.n_skipped == 0
+    again = register_pairs(csv, out, workers=1, progress=False, max_size=200)
+    assert again.n_skipped == 2 and again.n_ok == 0
+    from comir.transform import load_transform
+
+    for name, truth in truths.items():
+        t = load_transform(out / name / "transform.json")
+        assert _corner_error(t, truth, 800) < 1.0
+        assert (out / name / "moving_registered.ome.tif").exists()

@@ -24,8 +24,10 @@ def _method_options(p: argparse.ArgumentParser) -> None:
         "--transform", choices=("rigid", "affine"),
         help="rigid, or affine: the rigid result refined by gradient descent on NCC (rigid)",
     )  # fmt: skip
-    p.add_argument("--max-size", type=int, metavar="PX",
-                   help="whole slides: long side of the global-search level (1024; docs/slides.md)")
+    p.add_argument(
+        "--max-size", type=int, metavar="PX",
+        help="whole slides: long side of the global-search level (1024; docs/slides.md)",
+    )  # fmt: skip
     p.add_argument("--pixel-size", type=float, metavar="UM", help="slides: level-0 µm per pixel")
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
@@ -111,6 +113,7 @@ def _register_batch_arguments(p: argparse.ArgumentParser) -> None:
         help="run one Dask future per pair (docs/dask.md) instead of a process pool",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shard", metavar="I/N", help="only the I-th of N parts of the pairs (by name)")
 
 
 @command(
@@ -125,7 +128,7 @@ def _register_batch_command(args: argparse.Namespace) -> int:
     rep = register_pairs(
         args.pairs, args.out, method=args.method, model=args.model,
         fixed_modality=args.fixed_modality, workers=args.workers, scheduler=args.scheduler,
-        progress=not args.quiet, device=args.device, **_options(args),
+        progress=not args.quiet, device=args.device, shard=args.shard, **_options(args),
     )  # fmt: skip
     print(
         f"{rep.n_ok} ok, {rep.n_failed} failed, {rep.n_skipped} skipped, {rep.seconds:.1f} s; "
