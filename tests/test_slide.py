@@ -267,3 +267,41 @@ def test_register_batch_slide_pairs_by_shard_resumable(tmp_path, capsys):
         t = load_transform(out / name / "transform.json")
         assert _corner_error(t, truth, 800) < 1.0
         assert (out / name / "moving_registered.ome.tif").exists()
+
+
+def test_level_field_becomes_the_same_map_in_full_resolution(tmp_path, rgb):
+    from comir.slide.register import _field_to_full, read_at
+
+    path = write_ome_pyramid(
+        tmp_path / "f.ome.tif", [rgb, np.rint(block_mean(rgb, 2)).astype(np.uint8)]
+    )
+    with open_slide(path) as s:
+        work = read_at(s, 2.0)
+    yy, xx = np.mgrid[0 : work.image.shape[0], 0 : work.image.shape[1]].astype(np.float32)
+    v = np.stack([np.sin(xx / 40.0) * 3, np.cos(yy / 30.0) * 2], -1)  # smooth, level pixels
+    level = CompositeTransform([AffineTransform(np.eye(3)), DisplacementField.from_inverse(v)])
+    full = _field_to_full(level, work)
+    q = np.array([[40.0, 60.0], [200.0, 310.0], [333.0, 111.0]])  # fixed level points
+    lf = work.matrix
+    expect = (lf[:2, :2] @ level.apply_inverse(q).T).T + lf[:2, 2]  # level map, then to level 0
+    got = full.apply_inverse((lf[:2, :2] @ q.T).T + lf[:2, 2])
+    np.testing.assert_allclose(got, expect, atol=0.05)
+
+
+def test_write_comir_slide_equals_whole_image_embedding(tmp_path, tiny_run, scene):
+    from comir.embed import load_model
+    from comir.slide import write_comir_slide
+
+    tiny_run(tmp_path / "run")
+    model = load_model(tmp_path / "run", device="cpu")
+    img = scene(300, 280)
+    tifffile.imwrite(tmp_path / "s.tif", img, tile=(128, 128), photometric="rgb",
+                     extrasamples=[0])  # fmt: skip
+    with open_slide(tmp_path / "s.tif") as s:
+        out = write_comir_slide(model, s, "a", tmp_path / "c.ome.tif", tile=128, pyramid_tile=128)
+    with tifffile.TiffFile(out) as tif:
+        levels = [lv.shape for lv in tif.series[0].levels]
+        got = tif.series[0].levels[0].asarray()
+    assert levels[:2] == [(300, 280), (150, 140)]
+    ref = model.embed(img, "a", max_pixels=None)[..., 0]
+    np.testing.assert_allclose(got, ref, atol=1e-4 * float(np.abs(ref).max()))

@@ -205,6 +205,9 @@ def write_pyramid(
     """
     path = Path(path)
     shape = tuple(int(v) for v in shape)
+    if len(shape) == 3 and shape[2] == 1:  # one channel: store (H, W)
+        shape, rows3 = shape[:2], read_rows
+        read_rows = lambda r0, r1: np.asarray(rows3(r0, r1)).reshape(r1 - r0, shape[1])  # noqa: E731
     if tile % 16:
         raise ComirError(f"tile={tile}: TIFF tiles must be a multiple of 16 px (e.g. 512)")
     if path.suffix.lower() == ".zarr":
