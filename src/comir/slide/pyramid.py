@@ -31,8 +31,8 @@ from comir.errors import ComirError
 from comir.transform import functional as F
 
 PathLike = str | os.PathLike
-#: Bytes of decoded tiles a TIFF level keeps for reuse.
-TILE_CACHE_BYTES = 128 * 2**20
+#: Bytes of decoded tiles a TIFF slide keeps for reuse (all its levels together).
+TILE_CACHE_BYTES = 192 * 2**20
 #: Source bytes one band of a derived level (or of :meth:`Slide.read_level`) reads at once.
 BAND_BYTES = 32 * 2**20
 #: Derived levels stop once the long side is at most this.
@@ -255,11 +255,26 @@ def _block_mean_reader(base: Level, f: int, dtype: np.dtype):
 
 
 # ---------------------------------------------------------------------------- TIFF
-class _PageReader:
-    """Region reads of one TIFF page, segment by segment, with an LRU segment cache."""
+class _TileCache:
+    """Decoded segments of all pages of one file, least recently used dropped first."""
 
-    def __init__(self, path: Path, tif, page) -> None:
-        self.path, self._tif = path, tif
+    def __init__(self, budget: int = TILE_CACHE_BYTES) -> None:
+        self.items: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
+        self.bytes, self.budget = 0, budget
+
+    def put(self, key: tuple[int, int], seg: np.ndarray | None, keep: int) -> None:
+        self.items[key] = seg
+        self.bytes += 0 if seg is None else seg.nbytes
+        while self.bytes > self.budget and len(self.items) > keep:
+            _, old = self.items.popitem(last=False)
+            self.bytes -= 0 if old is None else old.nbytes
+
+
+class _PageReader:
+    """Region reads of one TIFF page, segment by segment, through a shared LRU cache."""
+
+    def __init__(self, path: Path, tif, page, cache: _TileCache) -> None:
+        self.path, self._tif, self._cache = path, tif, cache
         self._page = page = page.aspage() if hasattr(page, "aspage") else page
         s, d, h, w, c = page.shaped
         if d != 1:
@@ -275,12 +290,14 @@ class _PageReader:
         self._args: dict = {"_fullsize": bool(page.is_tiled)}
         if page.compression in (6, 7, 34892, 33007):  # JPEG flavours
             self._args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
-        self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
-        self._cached = 0
 
     def _decode(self, keys: list[int]) -> None:
         page, fh = self._page, self._tif.filehandle
-        missing = [k for k in keys if k not in self._cache]
+        items = self._cache.items
+        missing = [k for k in keys if (id(self), k) not in items]
+        for k in keys:  # touch the cached ones, so eviction keeps every segment of this read
+            if (id(self), k) in items:
+                items.move_to_end((id(self), k))
         if not missing:
             return
         offsets = [page.dataoffsets[k] for k in missing]
@@ -289,8 +306,7 @@ class _PageReader:
             for data, k in fh.read_segments(offsets, counts, indices=missing, sort=True):
                 seg = page.decode(data, k, **self._args)[0]
                 seg = None if seg is None else seg[0]  # (height, width, contig samples)
-                self._cache[k] = seg
-                self._cached += 0 if seg is None else seg.nbytes
+                self._cache.put((id(self), k), seg, keep=len(keys))
         except ComirError:
             raise
         except Exception as exc:  # codecs raise many types for corrupt data
@@ -298,9 +314,6 @@ class _PageReader:
                 f"{self.path}: a tile cannot be decoded ({type(exc).__name__}: "
                 f"{' '.join(str(exc).split())[:120]}); the file is corrupt: re-export it"
             ) from None
-        while self._cached > TILE_CACHE_BYTES and len(self._cache) > len(keys):
-            _, old = self._cache.popitem(last=False)
-            self._cached -= 0 if old is None else old.nbytes
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """``(y1 - y0, x1 - x0, S·C)`` (``S·C`` samples) of the page, in its dtype."""
@@ -312,8 +325,8 @@ class _PageReader:
         ).tolist()
         self._decode(sel)
         for k in sel:
-            seg = self._cache[k]
-            self._cache.move_to_end(k)
+            seg = self._cache.items[(id(self), k)]
+            self._cache.items.move_to_end((id(self), k))
             if seg is None:
                 continue
             si, sy, sx = (int(v) for v in p[k, :3])
@@ -326,9 +339,9 @@ class _PageReader:
         return np.moveaxis(out, 0, -1).reshape(y1 - y0, x1 - x0, s * c)
 
 
-def _tiff_level(path: Path, tif, series_level) -> tuple[tuple[int, ...], Callable]:
+def _tiff_level(path: Path, tif, series_level, cache) -> tuple[tuple[int, ...], Callable]:
     """Shape and reader of one tifffile series level (pages stacked as channels)."""
-    pages = [_PageReader(path, tif, p) for p in series_level.pages if p is not None]
+    pages = [_PageReader(path, tif, p, cache) for p in series_level.pages if p is not None]
     if not pages:
         raise ComirError(f"{path}: a level has no image data; the file is incomplete")
     h, w = pages[0].norm[1:3]
@@ -378,7 +391,8 @@ def _open_tiff(path: Path) -> tuple[list, np.dtype, float | None, Callable]:
             "not a TIFF"
         ) from None
     try:
-        read = [_tiff_level(path, tif, lv) for lv in stored]
+        cache = _TileCache()
+        read = [_tiff_level(path, tif, lv, cache) for lv in stored]
         dtype = np.dtype(series.dtype)
         pixel = ome_pixel_size(tif.ome_metadata if tif.is_ome else None)
     except Exception:
