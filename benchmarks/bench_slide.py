@@ -15,7 +15,7 @@ compression are in the notes. The goal on a 2-core CPU is rigid ≤ 60 s and ≤
 
 Run: ``python benchmarks/bench_slide.py [--size 20000] [--model sample:ihc] [--max-size PX]
 [--transform rigid|affine|deformable] [--overview docs/slide_overview.png]
-[--dir DIR --keep --reuse]``
+[--compression zstd] [--dir DIR --keep --reuse]``
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="e.g. sample:ihc (default: raw intensities)")
     ap.add_argument("--max-size", type=int, default=None)
     ap.add_argument("--transform", default="rigid")
+    ap.add_argument("--compression", default=None, help="zlib (default) | zstd | jpeg | none")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--overview", default=None, help="write an overview PNG of the result here")
     ap.add_argument("--keep", action="store_true", help="keep the generated slides")
@@ -171,6 +172,8 @@ def main() -> None:
         cmd += ["--model", args.model, "--fixed-modality", "a"]
     if args.max_size:
         cmd += ["--max-size", str(args.max_size)]
+    if args.compression:
+        cmd += ["--option", f"compression={args.compression}"]
     import resource
 
     load0 = os.getloadavg()[0]
@@ -184,6 +187,7 @@ def main() -> None:
     ce, le = errors(work / "out" / "transform.json", truth, args.size)
     info = pyramid_info(work / "out" / "moving_registered.ome.tif")
     what = f"{args.size}² {args.transform} {'CoMIR ' + args.model if args.model else 'raw'}"
+    what += f" {args.compression or 'zlib'}"
     load = f"load {load0:.1f}→{load1:.1f} on {os.cpu_count()} cores"
     emit(f"slide {what}: wall", round(wall, 2), "s", notes=f"goal ≤ 60 s (rigid); {load}; "
          f"generation {gen:.1f} s")  # fmt: skip
