@@ -173,6 +173,9 @@ def test_inconsistent_levels_are_refused(tmp_path, rgb):
     path = write_ome_pyramid(tmp_path / "a.ome.tif", [rgb, bad_aspect])
     with pytest.raises(ComirError, match=r"a\.ome\.tif.*aspect ratio.*rebuild"):
         open_slide(path)
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((40, 64, 2), np.uint8))  # 40 pages
+    with pytest.raises(ComirError, match=r"stack\.tif: the TIFF holds a stack"):
+        open_slide(tmp_path / "stack.tif")
     path = write_ome_pyramid(tmp_path / "b.ome.tif", [rgb[:600, :500], rgb])
     with pytest.raises(ComirError, match=r"b\.ome\.tif.*not smaller.*rebuild"):
         open_slide(path)
@@ -288,6 +291,7 @@ def test_level_field_becomes_the_same_map_in_full_resolution(tmp_path, rgb):
     np.testing.assert_allclose(got, expect, atol=0.05)
 
 
+@pytest.mark.slow
 def test_write_comir_slide_equals_whole_image_embedding(tmp_path, tiny_run, scene):
     from comir.embed import load_model
     from comir.slide import write_comir_slide
@@ -305,3 +309,22 @@ def test_write_comir_slide_equals_whole_image_embedding(tmp_path, tiny_run, scen
     assert levels[:2] == [(300, 280), (150, 140)]
     ref = model.embed(img, "a", max_pixels=None)[..., 0]
     np.testing.assert_allclose(got, ref, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_plain_tiffs_register_through_derived_levels(tmp_path, capsys):
+    from comir.cli import main
+    from comir.transform import load_transform
+
+    fixed, moving, truth = make_slide_pair(tmp_path, size=800, angle_deg=-3.0, tile=256)
+    for p in (fixed, moving):  # level 0 only, strips: no stored pyramid
+        plain = tmp_path / f"{p.name.split('.')[0]}.tif"
+        tifffile.imwrite(plain, tifffile.imread(p), rowsperstrip=32, planarconfig="contig",
+                         photometric="minisblack")  # fmt: skip
+    argv = ["register", str(tmp_path / "fixed.tif"), str(tmp_path / "moving.tif"), "--out",
+            str(tmp_path / "o"), "--max-size", "200", "--pixel-size", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    assert "moving_registered.ome.tif" in capsys.readouterr().out
+    t = load_transform(tmp_path / "o" / "transform.json")
+    assert _corner_error(t, truth, 800) < 1.0
+    d = json.loads((tmp_path / "o" / "transform.json").read_text())
+    assert d["levels"] == [2, 2] and d["pixel_size_um"]["fixed"] == 0.5

@@ -391,6 +391,14 @@ def _open_tiff(path: Path) -> tuple[list, np.dtype, float | None, Callable]:
             "not a TIFF"
         ) from None
     try:
+        extra = [
+            f"{ax}={n}" for ax, n in zip(series.axes, series.shape) if ax not in "YXSC" and n > 1
+        ]
+        if extra:
+            raise ComirError(
+                f"{path}: the TIFF holds a stack ({series.axes} {tuple(series.shape)}), not one "
+                "2-D image; write it with samples last (planarconfig contig) or one plane"
+            )
         cache = _TileCache()
         read = [_tiff_level(path, tif, lv, cache) for lv in stored]
         dtype = np.dtype(series.dtype)
