@@ -328,3 +328,13 @@ def test_plain_tiffs_register_through_derived_levels(tmp_path, capsys):
     assert _corner_error(t, truth, 800) < 1.0
     d = json.loads((tmp_path / "o" / "transform.json").read_text())
     assert d["levels"] == [2, 2] and d["pixel_size_um"]["fixed"] == 0.5
+
+
+def test_affine_slides_fit_an_affine_on_the_finest_levels(tmp_path):
+    fixed, moving, truth = make_slide_pair(tmp_path, size=800, angle_deg=2.0, tile=256)
+    out = register_slides(fixed, moving, tmp_path / "o", max_size=200, transform="affine",
+                          progress=False, write_registered=False)  # fmt: skip
+    assert type(out.transform) is AffineTransform and out.registered is None
+    assert _corner_error(out.transform, truth, 800) < 1.0
+    steps = out.result.details["refinement"]
+    assert [s["level"] for s in steps] == [1, 0] and all(s["applied"] for s in steps)

@@ -8,9 +8,11 @@
    ``pixel_tolerance`` is resampled (block mean) to it exactly;
 2. **global rigid** — the chosen back-end (``fft``: rotation sweep × FFT NCC) on the two
    working images, or on their CoMIRs with a model;
-3. **affine** (``transform="affine"|"deformable"``) — :func:`comir.register.refine_affine`
-   (NCC) one level finer (long side at most ``refine_size``), started from the rigid
-   result; **deformable** — :func:`comir.register.refine_deformable` on that level;
+3. **refinement** — region by region on each finer level down to level 0
+   (:func:`comir.slide.refine.refine_by_patches`: phase correlation of patches, rigid
+   fits; with ``transform="affine"|"deformable"`` affine fits on the finest two levels);
+   **deformable** — :func:`comir.register.refine_deformable` on one level finer than the
+   working level, started from that affine map;
 4. **full resolution** — every level image carries the matrix of its pixels to level-0
    pixels (:meth:`Slide.level_matrix`, :func:`comir.transform.functional.scale_matrix`),
    so a level result ``T`` becomes ``L_fixed ∘ T ∘ L_moving⁻¹`` in level-0 pixels; a
@@ -20,16 +22,13 @@
    ``transform_ngff.json`` (matrix transforms), ``overlay.png`` at the working level and
    ``<moving stem>_registered.ome.tif``: the moving slide warped tile by tile at full
    resolution (:func:`comir.slide.warp_slide`). All are written to a temporary folder
-   and moved into ``out_dir`` only when everything succeeded.
+   and moved into ``out_dir`` only when everything succeeded (:mod:`comir.slide.outputs`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,14 +216,6 @@ def wants_slides(fixed: PathLike, moving: PathLike, options: dict) -> bool:
     return any(k in options for k in SLIDE_OPTIONS) or is_slide(fixed) or is_slide(moving)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _deformable(fixed, moving, full: np.ndarray, d_ref: float, embed):
     """:func:`comir.register.refine_deformable` on the whole level ``d_ref``, started from
     the affine ``full``; the result in level-0 pixels (affine, then field)."""
@@ -270,15 +261,6 @@ def _refine(fixed, moving, full, f_work, transform, refine_size, max_size, embed
         final, score, more = _deformable(fixed, moving, full, d_ref, embed)
         details.update(more)
     return final, score, details
-
-
-def _physical(transform: Transform, center, f_px: float | None, m_px: float | None) -> dict:
-    """JSON extras: pixel sizes and, for matrix transforms, the translation in µm."""
-    out: dict = {"units": "level-0 pixels", "pixel_size_um": {"fixed": f_px, "moving": m_px}}
-    if f_px is not None and hasattr(transform, "matrix"):
-        t = F.translation_about(transform.matrix, center)
-        out["translation_um"] = [float(t[0] * f_px), float(t[1] * f_px)]
-    return out
 
 
 def register_slides(
@@ -339,6 +321,7 @@ def register_slides(
     from comir.batch import progress_bar
     from comir.register import TRANSFORMS, register
     from comir.register.files import FileRegistration, _read_landmarks
+    from comir.slide.outputs import write_outputs
     from comir.transform import image_center
 
     if transform not in TRANSFORMS:
@@ -387,7 +370,7 @@ def register_slides(
             score = res.score if not math.isfinite(score) else score
             stage("refine")
             result = type(res)(final, score, time.perf_counter() - t0, "ok", res.method, details)
-            out = _write(result, fixed, moving, f_work, m_work, Path(out_dir), dict(
+            out = write_outputs(result, fixed, moving, f_work, m_work, Path(out_dir), dict(
                 method=method, model=model, center=center, compression=compression,
                 write_registered=write_registered, progress=progress, landmarks=landmarks,
                 points=points,
@@ -398,73 +381,3 @@ def register_slides(
     finally:
         bar.close()
     return out
-
-
-def _write(result, fixed: Slide, moving: Slide, f_work, m_work, out: Path, o: dict):
-    """All outputs into a temporary folder, moved into ``out`` once complete."""
-    from comir.landmarks import landmark_errors
-    from comir.plot import plot_registration_overlay
-    from comir.register.files import FileRegistration
-    from comir.slide.writer import warp_slide
-    from comir.transform import save_itk_tfm, save_ngff
-
-    t, center = result.transform, o["center"]
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".comir-slide.", dir=out))
-    stem = _stem(moving.path)
-    files: list[str] = []
-    try:
-        name = o["model"] if o["model"] is None or isinstance(o["model"], str | os.PathLike) else (
-            getattr(o["model"], "name", None) or type(o["model"]).__name__)  # fmt: skip
-        t.save(tmp / "transform.json", center=list(center), method=o["method"],
-               score=float(result.score) if math.isfinite(result.score) else None,
-               model=None if name is None else str(name), fixed=str(fixed.path),
-               moving=str(moving.path), fixed_shape=list(fixed.shape[:2]),
-               moving_shape=list(moving.shape[:2]),
-               **_physical(t, center, fixed.pixel_size, moving.pixel_size),
-               levels=result.details.get("working_level"))  # fmt: skip
-        files = ["transform.json"]
-        if hasattr(t, "matrix"):
-            save_itk_tfm(t, tmp / "transform.tfm", center=center)
-            save_ngff(t, tmp / "transform_ngff.json", fixed.shape[:2])
-            files += ["transform.tfm", "transform_ngff.json"]
-        level_t = _level_transform(t, f_work, m_work)
-        warped = level_t.warp(m_work.image, f_work.image.shape[:2])
-        angle = np.degrees(F.matrix_angles(t.matrix)) if hasattr(t, "matrix") else float("nan")
-        plot_registration_overlay(f_work.image, m_work.image, warped, tmp / "overlay.png",
-                                  title=f"{o['method']} ({t.kind}) at level {f_work.level}: "
-                                  f"rotation {angle:.2f}°")  # fmt: skip
-        files.append("overlay.png")
-        errors = None
-        if o["points"] is not None:
-            errors = landmark_errors(t, *o["points"], fixed.shape)
-            lm = {"fixed_landmarks": str(o["landmarks"][0]),
-                  "moving_landmarks": str(o["landmarks"][1]), **errors.to_dict()}  # fmt: skip
-            (tmp / "landmarks.json").write_text(json.dumps(lm, indent=2) + "\n")
-            files.append("landmarks.json")
-        if o["write_registered"]:
-            reg = f"{stem}_registered.ome.tif"
-            warp_slide(moving, t, fixed.shape[:2], tmp / reg, compression=o["compression"],
-                       pixel_size=fixed.pixel_size, progress=o["progress"])  # fmt: skip
-            files.append(reg)
-        for f in files:
-            os.replace(tmp / f, out / f)
-    except BaseException:
-        if created:  # nothing of this run stays behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    p = {f: out / f for f in files}
-    return FileRegistration(
-        result, center, p["transform.json"], p.get("transform.tfm"),
-        p.get(f"{stem}_registered.ome.tif"), p["overlay.png"], p.get("transform_ngff.json"),
-        errors, p.get("landmarks.json"),
-    )  # fmt: skip
-
-
-def _level_transform(t: Transform, f_work: WorkImage, m_work: WorkImage) -> Transform:
-    """A full-resolution transform between the two working images (for the overlay)."""
-    to_f = AffineTransform(np.linalg.inv(f_work.matrix))
-    return CompositeTransform([AffineTransform(m_work.matrix), t, to_f]).simplified()
