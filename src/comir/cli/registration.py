@@ -30,6 +30,11 @@ def _method_options(p: argparse.ArgumentParser) -> None:
         help="deformable option, repeatable: grid_spacing=16 smoothness=1 similarity=ncc|mse",
     )  # fmt: skip
     p.add_argument(
+        "--max-size", type=int, metavar="PX",
+        help="whole slides: long side of the global-search level (1024; docs/slides.md)",
+    )  # fmt: skip
+    p.add_argument("--pixel-size", type=float, metavar="UM", help="slides: level-0 µm per pixel")
+    p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="back-end option, repeatable; e.g. preset=public (sift: the study's baseline)",
     )  # fmt: skip
@@ -46,7 +51,8 @@ def _options(args: argparse.Namespace) -> dict:
         if opts.get("transform", args.transform) != args.transform:
             raise ComirError("--transform and --option transform=... disagree; give one of them")
         opts["transform"] = args.transform
-    return opts
+    slide = {"max_size": args.max_size, "pixel_size": args.pixel_size}
+    return {**opts, **{k: v for k, v in slide.items() if v is not None}}
 
 
 def _register_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,6 +114,7 @@ def _register_batch_arguments(p: argparse.ArgumentParser) -> None:
         help="run one Dask future per pair (docs/dask.md) instead of a process pool",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shard", metavar="I/N", help="only the I-th of N parts of the pairs (by name)")
 
 
 @command(
@@ -122,7 +129,7 @@ def _register_batch_command(args: argparse.Namespace) -> int:
     rep = register_pairs(
         args.pairs, args.out, method=args.method, model=args.model,
         fixed_modality=args.fixed_modality, workers=args.workers, scheduler=args.scheduler,
-        progress=not args.quiet, device=args.device, **_options(args),
+        progress=not args.quiet, device=args.device, shard=args.shard, **_options(args),
     )  # fmt: skip
     print(
         f"{rep.n_ok} ok, {rep.n_failed} failed, {rep.n_skipped} skipped, {rep.seconds:.1f} s; "

@@ -114,7 +114,7 @@ def read_pairs(source: PathLike | Sequence[Sequence[PathLike]]) -> list[BatchPai
     for p in pairs:
         where = f"{source}: row {p.row}" if p.row else f"pair {p.name!r}"
         for f in (p.fixed, p.moving, *(p.landmarks or ())):
-            if not Path(f).is_file():
+            if not Path(f).exists():  # a file, or an OME-Zarr folder
                 raise ComirError(f"{where}: file {f} not found; fix the path or remove the row")
     return pairs
 
@@ -278,11 +278,10 @@ def _check_method(method: str, options: dict) -> None:
 
     if method not in available_methods():
         raise ComirError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
-    allowed = [
-        *list(inspect.signature(_BACKENDS[method].__wrapped__).parameters)[2:],
-        "transform",
-        "refine",
-    ]
+    from comir.slide.register import SLIDE_OPTIONS
+
+    allowed = [*list(inspect.signature(_BACKENDS[method].__wrapped__).parameters)[2:], "transform",
+               "refine", *SLIDE_OPTIONS]  # fmt: skip
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ComirError(
@@ -391,6 +390,7 @@ def register_pairs(
     scheduler: Any = None,
     progress: bool = True,
     device: str = "auto",
+    shard: str | Sequence[int] | None = None,
     **options,
 ) -> BatchReport:
     """Register every pair with :func:`comir.register.register_files` into
@@ -415,6 +415,9 @@ def register_pairs(
         ``local[:N]`` or a Dask address: one future per pair (:mod:`comir.scale`).
     progress : bool
         Show a progress bar.
+    shard : "I/N", optional
+        Only the ``I``-th of ``N`` interleaved parts of the pairs sorted by name
+        (:func:`comir.batch.shard_indices`); the summary is then ``summary.shard-I-of-N.csv``.
 
     Returns
     -------
@@ -431,7 +434,11 @@ def register_pairs(
     from comir.scale import check_scheduler
 
     t0 = time.perf_counter()
-    table = read_pairs(pairs)
+    from comir.batch import parse_shard, shard_indices
+
+    table, part = read_pairs(pairs), parse_shard(shard)
+    table = [table[i] for i in shard_indices([p.name for p in table], part)]
+    summary = SUMMARY if part is None else f"summary.shard-{part[0]}-of-{part[1]}.csv"
     _check_method(method, options)
     if fixed_modality not in ("a", "b"):
         raise ComirError(f"fixed_modality must be 'a' or 'b', got {fixed_modality!r}")
@@ -458,5 +465,5 @@ def register_pairs(
     by_name = {r["name"]: r for r in fresh}
     rows = [done[p.name] or by_name[p.name] for p in table]
     _warn_failures(rows)
-    write_summary(out / SUMMARY, rows)
-    return BatchReport(rows, out / SUMMARY, time.perf_counter() - t0)
+    write_summary(out / summary, rows)
+    return BatchReport(rows, out / summary, time.perf_counter() - t0)

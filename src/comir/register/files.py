@@ -151,6 +151,11 @@ def register_files(
         raise ComirError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     if fixed_modality not in ("a", "b"):
         raise ComirError(f"fixed_modality must be 'a' or 'b', got {fixed_modality!r}")
+    from comir.slide.register import register_slides, wants_slides
+
+    if wants_slides(fixed_path, moving_path, options):  # pyramids, OME-Zarr or --max-size
+        return register_slides(fixed_path, moving_path, out_dir, method, model, fixed_modality,
+                               device, landmarks, **options)  # fmt: skip
     fixed, moving = read_image(fixed_path), read_image(moving_path)
     points = _read_landmarks(landmarks, fixed.shape, moving.shape)
     f_in, m_in = _inputs(fixed, moving, (fixed_path, moving_path), model, fixed_modality, device)

@@ -1,0 +1,383 @@
+"""Whole-slide registration: a working level for the global search, finer levels to refine.
+
+:func:`register_slides` never loads a slide whole:
+
+1. **working level** — for each slide the level whose pixel size matches the target
+   (the model's training pixel size when known, else the fixed slide's finest level
+   whose long side is at most ``max_size``); a level off the target by more than
+   ``pixel_tolerance`` is resampled (block mean) to it exactly;
+2. **global rigid** — the chosen back-end (``fft``: rotation sweep × FFT NCC) on the two
+   working images, or on their CoMIRs with a model;
+3. **refinement** — region by region on each finer level down to level 0
+   (:func:`comir.slide.refine.refine_by_patches`: phase correlation of patches, rigid
+   fits; with ``transform="affine"|"deformable"`` affine fits on the finest two levels);
+   **deformable** — :func:`comir.register.refine_deformable` on one level finer than the
+   working level, started from that affine map;
+4. **full resolution** — every level image carries the matrix of its pixels to level-0
+   pixels (:meth:`Slide.level_matrix`, :func:`comir.transform.functional.scale_matrix`),
+   so a level result ``T`` becomes ``L_fixed ∘ T ∘ L_moving⁻¹`` in level-0 pixels; a
+   displacement field keeps its values, rescaled, on a full-resolution grid;
+5. **outputs** — ``transform.json`` (full-resolution pixels; ``pixel_size_um`` and the
+   translation in µm when the pixel size is known), ``transform.tfm`` and
+   ``transform_ngff.json`` (matrix transforms), ``overlay.png`` at the working level and
+   ``<moving stem>_registered.ome.tif``: the moving slide warped tile by tile at full
+   resolution (:func:`comir.slide.warp_slide`). All are written to a temporary folder
+   and moved into ``out_dir`` only when everything succeeded (:mod:`comir.slide.outputs`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from comir.errors import ComirError, warn
+from comir.slide.pyramid import Slide, open_slide
+from comir.transform import AffineTransform, CompositeTransform, DisplacementField, Transform
+from comir.transform import functional as F
+from comir.transform.linear import RigidTransform, as_kind
+
+PathLike = str | os.PathLike
+#: Default long side (px) of the working level of the global search (``fft`` costs about
+#: 1 s at 512², 7 s at 1000² on a loaded 2-core CPU).
+MAX_SIZE = 1024
+#: Options of :func:`register_slides` that ``register_files`` hands over (slide mode).
+SLIDE_OPTIONS = ("max_size", "refine_size", "pixel_size", "model_pixel_size", "pixel_tolerance",
+                 "compression", "write_registered", "progress")  # fmt: skip
+#: Relative pixel-size difference accepted between a level and its target.
+PIXEL_TOLERANCE = 0.1
+#: Working images above this many pixels are embedded in tiles (the default tile of
+#: :meth:`comir.embed.ComirModel.embed`), which bounds the memory of inference.
+EMBED_MAX_PIXELS = 2**19
+
+
+@dataclass
+class WorkImage:
+    """A slide at one working resolution.
+
+    ``image`` ``(h, w[, C])`` in the slide's dtype; ``matrix`` ``(3, 3)`` maps its pixels to
+    level-0 pixels; ``level`` is the slide level it was read from.
+    """
+
+    image: np.ndarray
+    matrix: np.ndarray
+    level: int
+
+    @property
+    def downsample(self) -> float:
+        return float(np.sqrt(abs(np.linalg.det(self.matrix[:2, :2]))))
+
+
+def read_at(slide: Slide, downsample: float, tol: float = PIXEL_TOLERANCE) -> WorkImage:
+    """``slide`` at ``downsample`` level-0 pixels per pixel: the matching level, or the
+    next finer one resampled (block mean, :func:`cv2.resize` ``INTER_AREA``) to it."""
+    import cv2
+
+    ds = [float(np.mean(lv.downsample)) for lv in slide.levels]
+    fine = [i for i, d in enumerate(ds) if d <= downsample * (1 + tol)]
+    i = fine[-1] if fine else 0
+    img, mat = slide.read_level(i), slide.level_matrix(i)
+    ratio = downsample / ds[i]
+    if abs(ratio - 1) > tol:
+        h, w = img.shape[:2]
+        size = (max(8, round(w / ratio)), max(8, round(h / ratio)))
+        work = img if img.dtype in (np.uint8, np.uint16, np.float32) else img.astype(np.float32)
+        small = cv2.resize(work, size, interpolation=cv2.INTER_AREA).astype(img.dtype)
+        img = small.reshape(size[1], size[0], *img.shape[2:])
+        half = np.array([0.5, 0.5])
+        resample = F.translation_matrix(-half) @ F.scale_matrix(w / size[0], h / size[1])
+        mat = mat @ resample @ F.translation_matrix(half)
+    return WorkImage(img, mat, i)
+
+
+def _model_pixel_size(model, given: float | None) -> float | None:
+    if given is not None or model is None:
+        return given
+    cfg = getattr(model, "config", None) or {}
+    value = cfg.get("pixel_size_um", (cfg.get("data") or {}).get("pixel_size_um"))
+    return None if value is None else float(value)
+
+
+def working_downsamples(
+    fixed: Slide, moving: Slide, max_size: int, model_px: float | None, tol: float
+) -> tuple[float, float]:
+    """Level-0 pixels per working pixel of each slide (see the module docstring).
+
+    Raises
+    ------
+    ComirError
+        A model pixel size with a slide of unknown pixel size, or a slide whose level 0
+        is coarser than the model's pixels beyond ``tol``.
+    """
+    f_px, m_px = fixed.pixel_size, moving.pixel_size
+    if model_px is not None:
+        for s in (fixed, moving):
+            if s.pixel_size is None:
+                raise ComirError(
+                    f"{s.path}: pixel size unknown but the model works at {model_px:g} µm; "
+                    "give --pixel-size (µm per pixel of level 0)"
+                )
+            if s.pixel_size > model_px * (1 + tol):
+                raise ComirError(
+                    f"{s.path}: level 0 has {s.pixel_size:g} µm pixels, coarser than the "
+                    f"model's {model_px:g} µm beyond {tol:.0%}; use a model trained at this "
+                    "pixel size (comir train --scale-range) or check --pixel-size"
+                )
+        d_f, d_m = model_px / f_px, model_px / m_px
+        if max(fixed.shape[:2]) / d_f > 2 * max_size:
+            warn(f"{fixed.path}: the model's pixel size puts the global search at "
+                 f"{max(fixed.shape[:2]) / d_f:.0f} px, above --max-size {max_size}: expect it to be slow")  # fmt: skip
+        return d_f, d_m
+    lv = fixed.levels[fixed.level_for(max_size)]
+    d_f = float(np.mean(lv.downsample))
+    if max(lv.shape[:2]) > max_size:  # coarsest stored and derived level still too big
+        d_f *= max(lv.shape[:2]) / max_size
+    d_m = d_f if f_px is None or m_px is None else d_f * f_px / m_px
+    return d_f, d_m
+
+
+def _to_full(t_level: np.ndarray, fixed: WorkImage, moving: WorkImage) -> np.ndarray:
+    """A level matrix (moving work px → fixed work px) in level-0 pixels of both slides."""
+    return fixed.matrix @ t_level @ np.linalg.inv(moving.matrix)
+
+
+def _to_level(t_full: np.ndarray, fixed: WorkImage, moving: WorkImage) -> np.ndarray:
+    return np.linalg.inv(fixed.matrix) @ t_full @ moving.matrix
+
+
+def _field_to_full(composite: CompositeTransform, fixed: WorkImage, step: int = 4):
+    """The level field of ``refine_deformable`` as a field on level-0 fixed pixels."""
+    field = composite.transforms[-1]
+    v = np.asarray(field.displacement)[::step, ::step]
+    scale = np.diag(fixed.matrix)[:2]  # (dx, dy) of the work image; no rotation part
+    origin = F.apply_matrices(fixed.matrix, np.zeros(2))
+    return DisplacementField.from_inverse(v * scale, tuple(origin), tuple(scale * step))
+
+
+def _embedder(model, fixed_modality: str, device: str):
+    """``(model, embed, embed_patches)``: raw [0, 1] floats without a model, else CoMIRs."""
+    if model is None:
+        from comir.io import to_unit_float
+
+        return None, lambda img, which, where: to_unit_float(img), None
+    if isinstance(model, str | os.PathLike):
+        from comir.embed import load_model
+
+        model = load_model(model, device=device)
+    other = "b" if fixed_modality == "a" else "a"
+
+    def embed(img: np.ndarray, which: str, where: str) -> np.ndarray:
+        mod = fixed_modality if which == "fixed" else other
+        return model.embed(img, mod, where=where, max_pixels=EMBED_MAX_PIXELS)
+
+    def embed_patches(patches: list, which: str) -> list:
+        mod = fixed_modality if which == "fixed" else other
+        per = max(1, EMBED_MAX_PIXELS // _pixels(patches[0]))  # bounded activations
+        out = []
+        for k in range(0, len(patches), per):
+            out += model.embed_batch(patches[k : k + per], mod, check=False)
+        return out
+
+    return model, embed, embed_patches
+
+
+def _pixels(img: np.ndarray) -> int:
+    return int(img.shape[0] * img.shape[1])
+
+
+def refine_levels(slide: Slide, d_work: float, step: int, finest: float) -> list[int]:
+    """Levels of ``slide`` about ``d_work / step``, ``/ step²``, ... down to ``finest``."""
+    ds = np.array([float(np.mean(lv.downsample)) for lv in slide.levels])
+    out: list[int] = []
+    d = d_work / step
+    while d >= finest * 0.99:
+        i = int(np.argmin(np.abs(np.log(ds / d))))
+        if ds[i] < d_work * 0.99 and i not in out:
+            out.append(i)
+        d /= step
+    if finest <= 1 and 0 not in out and d_work > 1.01:
+        out.append(0)
+    return out
+
+
+def wants_slides(fixed: PathLike, moving: PathLike, options: dict) -> bool:
+    """Whether ``register_files`` should hand over to :func:`register_slides`: an input is
+    a pyramid or OME-Zarr (:func:`comir.slide.is_slide`), or a slide option is set.
+    Slide options that are None are dropped from ``options``."""
+    from comir.slide.pyramid import is_slide
+
+    for k in SLIDE_OPTIONS:
+        if k in options and options[k] is None:
+            del options[k]
+    return any(k in options for k in SLIDE_OPTIONS) or is_slide(fixed) or is_slide(moving)
+
+
+def _deformable(fixed, moving, full: np.ndarray, d_ref: float, embed):
+    """:func:`comir.register.refine_deformable` on the whole level ``d_ref``, started from
+    the affine ``full``; the result in level-0 pixels (affine, then field)."""
+    from comir.register import refine_deformable, to_gray
+
+    f_work = read_at(fixed, d_ref)
+    ratio = (
+        1.0
+        if fixed.pixel_size is None or moving.pixel_size is None
+        else fixed.pixel_size / moving.pixel_size
+    )
+    m_work = read_at(moving, d_ref * ratio)
+    f_in = embed(f_work.image, "fixed", str(fixed.path))
+    m_in = embed(m_work.image, "moving", str(moving.path))
+    if (f_in.shape[2] if f_in.ndim == 3 else 1) != (m_in.shape[2] if m_in.ndim == 3 else 1):
+        f_in, m_in = to_gray(f_in), to_gray(m_in)
+    init = AffineTransform(_to_level(full, f_work, m_work))
+    comp, ncc = refine_deformable(f_in, m_in, init, similarity="ncc")
+    out = CompositeTransform([AffineTransform(full), _field_to_full(comp, f_work)])
+    info = {"deformable_level": f_work.level, "deformable_shape": list(f_in.shape[:2]),
+            "folded_fraction": comp.transforms[-1].folded_fraction()}  # fmt: skip
+    return out, ncc, info
+
+
+def _refine(fixed, moving, full, f_work, transform, refine_size, max_size, embed, patch_embed):
+    """Patch refinement on finer levels (rigid, then affine), optional deformable stage."""
+    from comir.slide.refine import N_PATCHES, patch_centres, refine_by_patches
+
+    step = 2 if patch_embed is None else 4  # CoMIR patches cost a forward pass each
+    n = N_PATCHES if patch_embed is None else N_PATCHES // 2
+    levels = refine_levels(fixed, f_work.downsample, step, 1.0)
+    centres = patch_centres(f_work, n)
+    affine = transform != "rigid"
+    cut = max(0, len(levels) - 2) if affine else len(levels)  # affine on the finest two
+    full, log = refine_by_patches(fixed, moving, full, centres, levels[:cut], patch_embed)
+    full, log2 = refine_by_patches(fixed, moving, full, centres, levels[cut:], patch_embed, affine)
+    details = {"refinement": log + log2}
+    final: Transform = as_kind(full, AffineTransform if affine else RigidTransform)
+    score = float("nan")
+    if transform == "deformable":
+        limit = int(refine_size or 2 * max_size)
+        d_ref = max(f_work.downsample / 2, max(fixed.shape[:2]) / limit)
+        final, score, more = _deformable(fixed, moving, full, d_ref, embed)
+        details.update(more)
+    return final, score, details
+
+
+def register_slides(
+    fixed_path: PathLike,
+    moving_path: PathLike,
+    out_dir: PathLike,
+    method: str = "fft",
+    model=None,
+    fixed_modality: str = "a",
+    device: str = "auto",
+    landmarks: tuple[PathLike, PathLike] | None = None,
+    transform: str = "rigid",
+    max_size: int | None = None,
+    refine_size: int | None = None,
+    pixel_size: float | tuple[float | None, float | None] | None = None,
+    model_pixel_size: float | None = None,
+    pixel_tolerance: float = PIXEL_TOLERANCE,
+    compression: str = "zlib",
+    write_registered: bool = True,
+    progress: bool = True,
+    **options,
+):
+    """Register two whole slides (module docstring); what ``comir register`` runs on them.
+
+    Parameters
+    ----------
+    fixed_path, moving_path : path
+        Pyramidal (OME-)TIFF, plain TIFF or OME-Zarr (:func:`comir.slide.open_slide`).
+    out_dir : path
+        Output folder (module docstring).
+    method, model, fixed_modality, device, landmarks
+        As for :func:`comir.register.register_files`; landmarks in level-0 pixels.
+    transform : {"rigid", "affine", "deformable"}
+    max_size : int, optional
+        Long side (px) of the fixed working level of the global search (:data:`MAX_SIZE`).
+    refine_size : int, optional
+        Long side up to which affine/deformable refinement moves one level finer
+        (default ``2 * max_size``).
+    pixel_size : float or (float, float), optional
+        Level-0 pixel size (µm) of both slides, or ``(fixed, moving)``; overrides metadata.
+    model_pixel_size : float, optional
+        Pixel size (µm) of the model's training data (default: ``pixel_size_um`` of its
+        ``config.json``); the working level then matches it within ``pixel_tolerance``.
+    compression : {"zlib", "jpeg", "none"}
+        Of the registered pyramid.
+    write_registered : bool
+        Write ``<moving stem>_registered.ome.tif`` (the full-resolution warp).
+    progress : bool
+        tqdm bars per stage.
+    **options
+        Back-end options.
+
+    Returns
+    -------
+    comir.register.files.FileRegistration
+        ``result.details`` holds the levels, shapes, pixel sizes and seconds per stage.
+    """
+    from comir.batch import progress_bar
+    from comir.register import TRANSFORMS, register
+    from comir.register.files import FileRegistration, _read_landmarks
+    from comir.slide.outputs import write_outputs
+    from comir.transform import image_center
+
+    if transform not in TRANSFORMS:
+        raise ComirError(f"transform={transform!r}: choose one of {', '.join(TRANSFORMS)}")
+    max_size = MAX_SIZE if max_size is None else max_size
+    if not int(max_size) >= 64:
+        raise ComirError(f"--max-size {max_size}: give at least 64 px")
+    px = pixel_size if isinstance(pixel_size, tuple | list) else (pixel_size, pixel_size)
+    t0 = time.perf_counter()
+    stages = ["read", "embed", "global", "refine", "write"]
+    bar = progress_bar(len(stages), "register slides", progress, unit="stage")
+    seconds: dict[str, float] = {}
+
+    def stage(name: str) -> None:
+        seconds[name] = round(time.perf_counter() - t0 - sum(seconds.values()), 3)
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    try:
+        with open_slide(fixed_path, px[0]) as fixed, open_slide(moving_path, px[1]) as moving:
+            points = _read_landmarks(landmarks, fixed.shape, moving.shape)
+            mdl, embed, patch_embed = _embedder(model, fixed_modality, device)
+            model_px = _model_pixel_size(mdl, model_pixel_size)
+            d_f, d_m = working_downsamples(fixed, moving, int(max_size), model_px, pixel_tolerance)
+            f_work, m_work = (
+                read_at(fixed, d_f, pixel_tolerance),
+                read_at(moving, d_m, pixel_tolerance),
+            )
+            stage("read")
+            f_in = embed(f_work.image, "fixed", str(fixed.path))
+            m_in = embed(m_work.image, "moving", str(moving.path))
+            stage("embed")
+            res = register(f_in, m_in, method=method, **options)
+            stage("global")
+            center = image_center(moving.shape)
+            if not res.ok:
+                return FileRegistration(res, center)
+            full = _to_full(res.transform.matrix, f_work, m_work)
+            details = {**res.details, "rigid_score": res.score,
+                       "working_level": [f_work.level, m_work.level],
+                       "working_shape": [list(f_work.image.shape[:2]), list(m_work.image.shape[:2])],
+                       "working_downsample": [f_work.downsample, m_work.downsample]}  # fmt: skip
+            final, score, more = _refine(fixed, moving, full, f_work, transform, refine_size,
+                                         int(max_size), embed, patch_embed)  # fmt: skip
+            details.update(more)
+            score = res.score if not math.isfinite(score) else score
+            stage("refine")
+            result = type(res)(final, score, time.perf_counter() - t0, "ok", res.method, details)
+            out = write_outputs(result, fixed, moving, f_work, m_work, Path(out_dir), dict(
+                method=method, model=model, center=center, compression=compression,
+                write_registered=write_registered, progress=progress, landmarks=landmarks,
+                points=points,
+            ))  # fmt: skip
+            stage("write")
+            details["seconds"] = seconds
+
+    finally:
+        bar.close()
+    return out
