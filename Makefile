@@ -16,8 +16,10 @@ $(BIN)/comir: pyproject.toml
 setup: $(BIN)/comir
 
 # the napari plugin and what its tests need (Qt, pytest-qt, pytest-xvfb); the demo does
-# without them. Headless Qt also needs Debian's Xvfb and GL/xcb libraries (.ci/run).
+# without them. Headless Qt also needs Debian's Xvfb and GL/xcb libraries
+# (scripts/debian_qt.sh installs the missing ones).
 $(VENV)/.napari-installed: $(BIN)/comir
+	bash scripts/debian_qt.sh
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_PIN)" -e ".[dev,napari,napari-test]"
 	touch $@
 

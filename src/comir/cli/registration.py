@@ -51,7 +51,7 @@ def _options(args: argparse.Namespace) -> dict:
         if opts.get("transform", args.transform) != args.transform:
             raise ComirError("--transform and --option transform=... disagree; give one of them")
         opts["transform"] = args.transform
-    slide = {"max_size": args.max_size, "pixel_size": args.pixel_size}
+    slide = {k: getattr(args, k, None) for k in ("max_size", "pixel_size")}
     return {**opts, **{k: v for k, v in slide.items() if v is not None}}
 
 

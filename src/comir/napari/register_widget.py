@@ -98,29 +98,22 @@ def n_stages(model, out) -> int:
 
 
 def save_registration(res, out: Path, fixed_shape, moving_shape, warped, model, names):
-    """The transform files of ``comir register`` and the registered image; returns paths.
-
-    ``transform.json`` (translation about the moving image centre), ``transform.tfm`` for
-    matrix transforms, ``transform_ngff.json`` (deformable results: with the displacement
-    field image), by the writers :func:`comir.register.register_files` uses.
-    """
+    """The transform files of ``comir register`` (by its own writer,
+    :func:`comir.register.files.write_transform_files`) and the registered image."""
     from comir.io import write_image
-    from comir.transform import MatrixTransform, image_center, save_itk_tfm, save_ngff
+    from comir.register.files import write_transform_files
+    from comir.transform import image_center
 
     out.mkdir(parents=True, exist_ok=True)
-    center = image_center(moving_shape)
-    res.transform.save(
-        out / "transform.json", center=center, method=res.method,
-        score=float(res.score) if math.isfinite(res.score) else None,
+    meta = dict(
+        method=res.method, score=float(res.score) if math.isfinite(res.score) else None,
         model=None if model is None else str(model), fixed=names[0], moving=names[1],
     )  # fmt: skip
-    paths = [out / "transform.json"]
-    if isinstance(res.transform, MatrixTransform):
-        save_itk_tfm(res.transform, out / "transform.tfm", center=center)
-        paths.append(out / "transform.tfm")
-    paths.append(save_ngff(res.transform, out / "transform_ngff.json", fixed_shape[:2]))
+    if "folded_fraction" in res.details:
+        meta["folded_fraction"] = res.details["folded_fraction"]
+    files = write_transform_files(res, fixed_shape, out, image_center(moving_shape), meta)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in names[1])
-    return [*paths, write_image(out / f"{stem}_registered.tif", warped)]
+    return [*files.values(), write_image(out / f"{stem}_registered.tif", warped)]
 
 
 def summary(res, moving_shape) -> str:

@@ -208,8 +208,10 @@ def _title(res, method: str, model, center) -> str:
     return f"{method}{' on CoMIRs' if model is not None else ''}: {describe(res.transform, center)}"
 
 
-def _write_transform_files(res, fixed, moving, out: Path, center, meta: dict) -> dict:
-    """transform.json, transform.tfm (matrix) or transform_field.nii.gz (field), NGFF."""
+def write_transform_files(res, fixed_shape, out: Path, center, meta: dict) -> dict:
+    """Write transform.json (``meta`` keys added), transform.tfm (matrix transforms) or
+    transform_field.nii.gz (with a field, on the fixed grid ``fixed_shape``) and
+    transform_ngff.json into ``out``; returns ``{FileRegistration field: path}``."""
     from comir.transform import MatrixTransform, save_itk_tfm, save_ngff, save_sitk_displacement
     from comir.transform.field import fields_in
 
@@ -222,10 +224,10 @@ def _write_transform_files(res, fixed, moving, out: Path, center, meta: dict) ->
     if fields_in(res.transform):
         field_name = "transform_field.nii.gz"
         paths["transform_field"] = save_sitk_displacement(
-            res.transform, out / field_name, fixed.shape[:2]
+            res.transform, out / field_name, fixed_shape[:2]
         )
     paths["transform_ngff"] = save_ngff(
-        res.transform, out / "transform_ngff.json", fixed.shape[:2], field_name=field_name
+        res.transform, out / "transform_ngff.json", fixed_shape[:2], field_name=field_name
     )
     return paths
 
@@ -247,7 +249,7 @@ def _write_outputs(res, fixed, moving, paths, method, model, center, landmarks, 
     )  # fmt: skip
     if "folded_fraction" in res.details:
         meta["folded_fraction"] = res.details["folded_fraction"]
-    files = _write_transform_files(res, fixed, moving, out, center, meta)
+    files = write_transform_files(res, fixed.shape, out, center, meta)
     warped = res.transform.warp(moving, fixed.shape[:2])
     files["registered"] = write_image(
         out / f"{moving_path.stem}_registered{moving_path.suffix.lower()}", warped
