@@ -288,14 +288,17 @@ def main() -> None:
             f"{r['seconds']:.0f} s, BigTIFF {r['bigtiff']}",
         )
         return
-    whole = run_child("whole", WHOLE)
-    tiled = run_child("tiled", TILED, TILE)
+    # alternate the fresh processes and keep the fastest of each (other jobs share the CPU)
+    runs = [(run_child("whole", WHOLE), run_child("tiled", TILED, TILE)) for _ in range(2)]
+    whole = max((w for w, _ in runs), key=lambda r: r["mp_per_s"])
+    tiled = max((t for _, t in runs), key=lambda r: r["mp_per_s"])
     emit(
         f"embed streamed tiles {TILED}x{TILED} (tile {TILE}) throughput",
         round(tiled["mp_per_s"], 4),
         "MP/s",
         round(whole["mp_per_s"], 4),
-        f"baseline whole image {WHOLE}x{WHOLE} (separate process, run just before); tiled "
+        f"baseline whole image {WHOLE}x{WHOLE}; fresh processes, whole and tiled alternating, "
+        f"fastest of 2 each; tiled "
         f"overlap {tiled['overlap']} px (exact), tiled TIFF in, BigTIFF out; load "
         f"{os.getloadavg()[0]:.1f}",
     )
