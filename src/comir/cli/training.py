@@ -180,7 +180,7 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, metavar="T", help="tile size (default: whole image)")
     p.add_argument(
         "--overlap", type=int, metavar="O",
-        help="tile overlap (default: exact for the model, 2×receptive radius + ramp)",
+        help="tile overlap (default: exact for the model, 2 × its receptive halo: 136 for small)",
     )  # fmt: skip
     p.add_argument(
         "--max-pixels", type=float, default=4 * 2**20, metavar="P",

@@ -14,6 +14,10 @@ from comir.evaluate.sets import read_patch
 
 #: Status prefix of a pair whose image exists but cannot be read (a failure).
 UNREADABLE = "unreadable"
+#: Pixels per forward pass when embedding patches: the patches of all pairs with one
+#: modality and size share a pass (measured on the demo's 96 px patches: 48 per pass
+#: 1.4× faster than 16, 16 2.5× faster than 4; ~1.6 GB of activations per megapixel).
+BATCH_PIXELS = 2**20
 
 
 def _prep(norm: str, log: bool) -> str:
@@ -74,7 +78,8 @@ def _read_for_embedding(items: Sequence[tuple[str | None, str]]) -> tuple[dict, 
 
 
 def embed_items(model, items: Sequence[tuple[str | None, str]], cache: Path, progress: bool):
-    """CoMIRs of images ``(path or None, modality)`` in batches of equal size.
+    """CoMIRs of images ``(path or None, modality)`` in batches of equal size, up to
+    :data:`BATCH_PIXELS` pixels per forward pass.
 
     Returns
     -------
@@ -91,9 +96,10 @@ def embed_items(model, items: Sequence[tuple[str | None, str]], cache: Path, pro
     _check_set(model, images, items)
     out: list[str | None] = [None] * len(items)
     bar = progress_bar(sum(map(len, groups.values())), "embed", progress, unit="img")
-    for (mod, _), idx in groups.items():
-        for s in range(0, len(idx), 16):
-            chunk = idx[s : s + 16]
+    for (mod, shape), idx in groups.items():
+        per_pass = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
+        for s in range(0, len(idx), per_pass):
+            chunk = idx[s : s + per_pass]
             zs = model.embed_batch([images.pop(k) for k in chunk], mod, check=False)
             for k, z in zip(chunk, zs, strict=True):
                 out[k] = str(cache / f"{k}.npy")
