@@ -272,3 +272,23 @@ def test_elastix_chain_gives_the_same_composite_form(textured):
     assert isinstance(res.transform.transforms[0], AffineTransform)
     assert _tre(res.transform, true) < 0.8 * _tre(rigid.transform, true)
     assert res.details["folded_fraction"] == 0.0
+
+
+def test_cubic_weights_equal_torch_bicubic_grid_sample():
+    """The separable upsampling of the control grid reproduces grid_sample's bicubic
+    (align_corners=True, border) at arbitrary positions, edges included."""
+    import torch
+
+    from comir.register.deformable import cubic_weights
+
+    rng = np.random.default_rng(0)
+    ctrl = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    ux, uy = np.linspace(0, 6, 23), np.linspace(0, 4, 17)
+    ours = cubic_weights(uy, 5) @ ctrl @ cubic_weights(ux, 7).T
+    gx, gy = np.meshgrid(2 * ux / 6 - 1, 2 * uy / 4 - 1)
+    grid = torch.tensor(np.stack([gx, gy], -1)[None], dtype=torch.float32)
+    ref = torch.nn.functional.grid_sample(
+        torch.tensor(ctrl[None]), grid, mode="bicubic", padding_mode="border", align_corners=True
+    )[0].numpy()
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+    np.testing.assert_allclose(cubic_weights(ux, 7).sum(axis=1), 1.0, atol=1e-12)

@@ -41,18 +41,49 @@ def _diffusion(ctrl, shape: tuple[int, int], torch):
     return (dy * dy).mean() + (dx * dx).mean()
 
 
+#: Coefficient of Keys' cubic convolution kernel, as ``grid_sample(mode="bicubic")``.
+CUBIC_A = -0.75
+
+
+def cubic_weights(u: np.ndarray, nodes: int) -> np.ndarray:
+    """Row ``i`` interpolates node values at position ``u[i]`` (in node units), ``(N, G)``.
+
+    Keys' cubic convolution (``a = −0.75``) over the four nearest nodes, indices clamped
+    to the grid: the weights of ``torch.nn.functional.grid_sample(mode="bicubic",
+    padding_mode="border", align_corners=True)`` along one axis, so that the upsampled
+    field is ``Wy @ ctrl @ Wxᵀ`` (two small matmuls instead of a sampler per step).
+    """
+    a = CUBIC_A
+    base = np.floor(u)
+    t = u - base
+    out = np.zeros((len(u), nodes))
+    rows = np.arange(len(u))
+    for k, d in zip((-1, 0, 1, 2), (t + 1, t, 1 - t, 2 - t)):
+        d = np.abs(d)
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        np.add.at(
+            out, (rows, np.clip(base + k, 0, nodes - 1).astype(int)), np.where(d <= 1, near, far)
+        )
+    return out
+
+
 class _Level:
     """One pyramid level: fixed points in full-resolution pixels and the sampling matrix."""
 
-    def __init__(self, fixed, moving, factor: int, inv_init: np.ndarray, full_shape, torch):
+    def __init__(self, fixed, moving, factor: int, inv_init: np.ndarray, full_shape, ctrl_shape,
+                 torch):  # fmt: skip
         self.fixed, self.moving = fixed, moving
         dev = fixed.device
         h, w = fixed.shape[2:]
         s = _level_matrix(factor)
         pts = (_pixel_grid(h, w, torch, dev) @ torch.as_tensor(s.T, device=dev))[:, :2]
         self.full = pts.to(torch.float32)
-        size = torch.tensor([full_shape[1] - 1, full_shape[0] - 1], dtype=torch.float64)
-        self.ctrl_grid = (2 * pts / size.to(dev) - 1).to(torch.float32).reshape(1, h, w, 2)
+        # level pixel centres in control-node units along each axis (nodes span 0 … side − 1)
+        ux = (factor * np.arange(w) + (factor - 1) / 2) * (ctrl_shape[1] - 1) / (full_shape[1] - 1)
+        uy = (factor * np.arange(h) + (factor - 1) / 2) * (ctrl_shape[0] - 1) / (full_shape[0] - 1)
+        self.wx = torch.as_tensor(cubic_weights(ux, ctrl_shape[1]), dtype=torch.float32).to(dev)
+        self.wy = torch.as_tensor(cubic_weights(uy, ctrl_shape[0]), dtype=torch.float32).to(dev)
         hm, wm = moving.shape[2:]
         mat = F.grid_sample_matrix(hm, wm) @ np.linalg.inv(s) @ inv_init
         self.mat = torch.as_tensor(mat, dtype=torch.float32, device=dev)
@@ -60,9 +91,7 @@ class _Level:
 
     def displacement(self, ctrl, torch):
         """``v`` at this level's pixels, ``(H·W, 2)`` in full-resolution pixels."""
-        v = torch.nn.functional.grid_sample(
-            ctrl, self.ctrl_grid, mode="bicubic", padding_mode="border", align_corners=True
-        )
+        v = self.wy @ ctrl[0] @ self.wx.T  # (2, H, W)
         return v.reshape(2, -1).T
 
     def data_loss(self, ctrl, similarity: str, torch):
@@ -124,10 +153,11 @@ def refine_deformable(
         )
     shape = fixed.shape[:2]
     inv_init = np.linalg.inv(np.asarray(init.matrix, float))
-    ctrl = torch.zeros(1, 2, *_control_shape(shape, grid_spacing), device=dev, requires_grad=True)
+    nodes = _control_shape(shape, grid_spacing)
+    ctrl = torch.zeros(1, 2, *nodes, device=dev, requires_grad=True)
 
     def level_loss(k: int, f: int):
-        level = _Level(pf[k], pm[k], f, inv_init, shape, torch)
+        level = _Level(pf[k], pm[k], f, inv_init, shape, nodes, torch)
         penalty = lambda: smoothness * _diffusion(ctrl, shape, torch)  # noqa: E731
         return lambda: level.data_loss(ctrl, similarity, torch) + penalty()
 
@@ -135,10 +165,10 @@ def refine_deformable(
     with torch.no_grad():
         full = _Level(
             torch.from_numpy(np.zeros((1, 1, *shape), np.float32)).to(dev), pm[-1], 1,
-            inv_init, shape, torch,
+            inv_init, shape, nodes, torch,
         )  # fmt: skip
         v = full.displacement(ctrl, torch).cpu().numpy().reshape(*shape, 2)
-        final = _Level(pf[-1], pm[-1], levels[-1], inv_init, shape, torch)
+        final = _Level(pf[-1], pm[-1], levels[-1], inv_init, shape, nodes, torch)
         data = float(final.data_loss(ctrl, similarity, torch))
     field = DisplacementField.from_inverse(v.astype(np.float32), (0.0, 0.0), (1.0, 1.0))
     score = data if similarity == "mse" else 1.0 - data
