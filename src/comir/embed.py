@@ -153,13 +153,11 @@ class ComirModel:
         dt = autocast_dtype(self.precision)
         net = self.model.encoders[modality]
         if self.runtime == "onnx" and dt is None and self.device.type == "cpu":
-            from comir.ort import OrtEncoder
+            from comir.ort import session_for
 
-            key = ("onnx", modality)
-            if key not in self._compiled:
-                self._compiled[key] = OrtEncoder(net)
-            if self._compiled[key].accepts(x):
-                return self._compiled[key](x).float()
+            ort_net = session_for(net)
+            if ort_net.accepts(x):
+                return ort_net(x).float()
         if self.compile:
             if modality not in self._compiled:
                 self._compiled[modality] = torch.compile(net, dynamic=False)

@@ -19,7 +19,7 @@ import torch
 
 from comir.errors import ComirError
 
-__all__ = ["OrtEncoder", "available"]
+__all__ = ["OrtEncoder", "available", "session_for"]
 
 
 def available() -> bool:
@@ -77,3 +77,14 @@ class OrtEncoder:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {"x": arr})[0])
+
+
+def session_for(net: torch.nn.Module) -> OrtEncoder:
+    """The :class:`OrtEncoder` of encoder ``net``, exported on first use and kept on the
+    module, so copies of a :class:`comir.embed.ComirModel` (e.g. the evaluation's
+    ``patch_encoder``) share it. Inference only: the export freezes the weights."""
+    enc = net.__dict__.get("_comir_ort")
+    if enc is None:
+        enc = OrtEncoder(net)
+        net.__dict__["_comir_ort"] = enc
+    return enc
