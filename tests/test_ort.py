@@ -52,3 +52,20 @@ def test_onnx_tiles_equal_torch():
     assert float(np.abs(tiled - whole).max() / whole.std()) < 1e-5
     # an odd-sized whole image is off the exported grid: torch, bit for bit
     np.testing.assert_array_equal(fast.embed(img, "a", max_pixels=None), whole)
+
+
+def test_onnx_in_parallel_encode_streams():
+    """The evaluation's encode stage runs chunks in threads: both modalities export and
+    embed at once, giving the CoMIRs of torch."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from comir.evaluate.encode import _encode_chunks
+
+    ref, fast = _model("torch"), _model("onnx")
+    imgs = {k: make_scene(32, 40, seed=k)[..., 0] for k in range(4)}
+    chunks = [("a", [0, 1]), ("b", [2, 3])]
+    got = {tuple(idx): zs for idx, zs in _encode_chunks(fast, chunks, dict(imgs))}
+    for mod, idx in chunks:
+        want = ref.embed_batch([imgs[k] for k in idx], mod, check=False)
+        for z, w in zip(got[tuple(idx)], want, strict=True):
+            assert float(np.abs(z - w).max() / w.std()) < 1e-5

@@ -12,6 +12,7 @@ tiles, fp32): 1.9× the eager torch speed, max |ORT − torch| / std = 2.7e-6, w
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -20,6 +21,8 @@ import torch
 from comir.errors import ComirError
 
 __all__ = ["OrtEncoder", "available", "session_for"]
+
+_EXPORT_LOCK = threading.Lock()
 
 
 def available() -> bool:
@@ -83,8 +86,9 @@ def session_for(net: torch.nn.Module) -> OrtEncoder:
     """The :class:`OrtEncoder` of encoder ``net``, exported on first use and kept on the
     module, so copies of a :class:`comir.embed.ComirModel` (e.g. the evaluation's
     ``patch_encoder``) share it. Inference only: the export freezes the weights."""
-    enc = net.__dict__.get("_comir_ort")
-    if enc is None:
-        enc = OrtEncoder(net)
-        net.__dict__["_comir_ort"] = enc
+    with _EXPORT_LOCK:  # torch.onnx.export is not thread-safe (parallel encode streams)
+        enc = net.__dict__.get("_comir_ort")
+        if enc is None:
+            enc = OrtEncoder(net)
+            net.__dict__["_comir_ort"] = enc
     return enc
