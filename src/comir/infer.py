@@ -12,6 +12,7 @@ the accumulator are allocated once per image and reused.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 
 from comir.tiling import TilePlan, pad_index
 
-__all__ = ["TILE_BATCH_PIXELS", "run_tiles"]
+__all__ = ["TILE_BATCH_PIXELS", "RowSample", "run_tiles"]
 
 #: Pixels encoded per forward pass when tiling (several small tiles share one pass).
 TILE_BATCH_PIXELS = 2**20
@@ -122,3 +123,27 @@ def run_tiles(
                     progress.update(1)
     acc.flush(plan.hp)
     return plan
+
+
+class RowSample:
+    """A strided sample of the prepared rows of a streamed image, for its input check.
+
+    Keeps every ``s``-th row and column (about 2**18 pixels of any image), each row once
+    although tiles read overlapping bands.
+    """
+
+    def __init__(self, h: int, w: int) -> None:
+        from comir.input_stats import CHECK_PIXELS
+
+        self.step = max(1, math.ceil(math.sqrt(h * w / CHECK_PIXELS)))
+        self.rows: dict[int, np.ndarray] = {}
+
+    def add(self, r0: int, rows: np.ndarray) -> None:
+        first = -(-r0 // self.step) * self.step
+        for r in range(first, r0 + rows.shape[0], self.step):
+            if r not in self.rows:
+                self.rows[r] = rows[r - r0, :: self.step].copy()
+
+    def image(self) -> np.ndarray:
+        """``(n, m, C)`` sampled pixels in row order."""
+        return np.stack([self.rows[r] for r in sorted(self.rows)])

@@ -95,18 +95,48 @@ def embed_items(model, items: Sequence[tuple[str | None, str]], cache: Path, pro
             groups.setdefault((items[k][1], img.shape), []).append(k)
     _check_set(model, images, items)
     out: list[str | None] = [None] * len(items)
-    bar = progress_bar(sum(map(len, groups.values())), "embed", progress, unit="img")
+    chunks = []
     for (mod, shape), idx in groups.items():
         per_pass = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
-        for s in range(0, len(idx), per_pass):
-            chunk = idx[s : s + per_pass]
-            zs = model.embed_batch([images.pop(k) for k in chunk], mod, check=False)
-            for k, z in zip(chunk, zs, strict=True):
-                out[k] = str(cache / f"{k}.npy")
-                np.save(out[k], np.asarray(z, dtype=np.float32))
-            bar.update(len(chunk))
+        chunks += [(mod, idx[s : s + per_pass]) for s in range(0, len(idx), per_pass)]
+    bar = progress_bar(sum(map(len, groups.values())), "embed", progress, unit="img")
+    for chunk, zs in _encode_chunks(model, chunks, images):
+        for k, z in zip(chunk, zs, strict=True):
+            out[k] = str(cache / f"{k}.npy")
+            np.save(out[k], np.asarray(z, dtype=np.float32))
+        bar.update(len(chunk))
     bar.close()
     return out, [p if p != "absent" else None for p in problems]
+
+
+def _encode_chunks(model, chunks: list[tuple[str, list[int]]], images: dict):
+    """``(indices, CoMIRs)`` per chunk ``(modality, indices)``, in chunk order.
+
+    With several chunks they run as parallel streams of one torch thread each (torch
+    releases the GIL inside its ops), not one stream with all threads: on 2 cores two
+    streams embedded the demo's 96 patches faster than two intra-op threads, which scale
+    by ~1.4× only (benchmarks/notes.md).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    streams = max(1, min(len(chunks), threads))
+
+    def run(chunk: tuple[str, list[int]]) -> tuple[list[int], list]:
+        mod, idx = chunk
+        return idx, model.embed_batch([images.pop(k) for k in idx], mod, check=False)
+
+    if streams == 1:
+        yield from map(run, chunks)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.set_num_threads(max(1, threads // streams))
+    try:
+        with ThreadPoolExecutor(streams) as pool:
+            yield from pool.map(run, chunks)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_set(model, images: dict, items: Sequence[tuple[str | None, str]]) -> None:
