@@ -2,7 +2,8 @@
 
 Usage: ``python scripts/paper_claims.py [--quick] [--out DIR] [--work DIR]``. Trains what
 it needs on the bundled samples (:mod:`comir.claims`); ``--quick`` uses tiny models and a
-few pairs (under a minute, for the test suite); ``--work`` keeps the runs for a re-run.
+few pairs (for the test suite); ``--work`` keeps the runs for a re-run;
+``--from-results`` only writes the report and figures again from ``DIR/claims/results.json``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from comir.claims import run_claims
+from comir.claims import rewrite, run_claims
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs", help="folder of claims.md (default: docs)")
     p.add_argument("--work", default=None, help="keep trained runs here (default: temporary)")
     p.add_argument("--progress", action="store_true", help="training progress bars")
+    p.add_argument("--from-results", action="store_true", help="re-render DIR/claims/results.json")
     args = p.parse_args(argv)
+    if args.from_results:
+        print(f"report: {rewrite(args.out)}")
+        return 0
     path = run_claims(args.out, quick=args.quick, work=args.work, progress=args.progress)
     print(f"report: {path}")
     return 0

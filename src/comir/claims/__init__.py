@@ -30,6 +30,7 @@ __all__ = [
     "best_match_correlation",
     "bootstrap_ci",
     "channel_correlations",
+    "rewrite",
     "run_claims",
 ]
 
@@ -82,6 +83,17 @@ def run_claims(
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     return _write(out, results, meta)
+
+
+def rewrite(out: str | os.PathLike = "docs") -> Path:
+    """Write ``out/claims.md`` and the figures again from ``out/claims/results.json`` (a
+    change of layout or wording without re-measuring)."""
+    import json
+
+    out = Path(out)
+    data = json.loads((out / "claims" / "results.json").read_text())
+    meta = data.pop("meta")
+    return _write(out, data, meta)
 
 
 def _write(out: Path, results: dict, meta: dict) -> Path:

@@ -46,14 +46,14 @@ class Budget:
 
 
 #: The full run (docs/claims.md): short trainings at a small patch size.
-FULL = Budget(steps=80, batch_size=8, patch_size=48, per_image=8, angle_step=5, crop=128)
+FULL = Budget(steps=50, batch_size=8, patch_size=40, per_image=8, angle_step=5, crop=128)
 #: ``--quick``: tiny models and a handful of pairs, for the test suite.
 QUICK = Budget(
     steps=3,
     batch_size=4,
     patch_size=32,
     per_image=1,
-    angle_step=90,
+    angle_step=45,
     crop=40,
     model_overrides={"first_filters": 4, "down_layers": [1], "bottleneck_layers": 1, "growth": 4},
     n_boot=200,
@@ -96,6 +96,7 @@ class EvalSet:
     fixed: list  # (N,) fixed patches (modality A, "R")
     moving: list  # (N,) moving patches (modality B, "T")
     comirs: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: Path) -> EvalSet:
@@ -120,11 +121,15 @@ class EvalSet:
             self.comirs[key] = (zf, zm)
         return self.comirs[key]
 
-    def register_all(self, fixed: list, moving: list, fn: Callable) -> dict:
+    def register_all(self, fixed: list, moving: list, fn: Callable, key=None) -> dict:
         """``fn(fixed, moving) -> RegistrationResult`` on every pair, scored by the public
-        protocol; returns :func:`comir.evaluate.score.score_pairs` plus ``details``."""
+        protocol; returns :func:`comir.evaluate.score.score_pairs` plus ``details``.
+        With a ``key`` the result is kept and returned again for the same key."""
         from comir.evaluate.run import PairResult
         from comir.evaluate.score import score_pairs
+
+        if key is not None and key in self.scores:
+            return self.scores[key]
 
         results, details = [], []
         for i, (f, m) in enumerate(zip(fixed, moving, strict=True)):
@@ -134,6 +139,8 @@ class EvalSet:
             details.append(dict(r.details) if r.ok else {})
         scored = score_pairs(self.levels, results)
         scored["details"] = details
+        if key is not None:
+            self.scores[key] = scored
         return scored
 
 

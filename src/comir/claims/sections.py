@@ -76,7 +76,7 @@ def _comir_rates(ws: Workspace, run: str, methods: dict) -> dict:
     """Success of the trained run ``run`` (a :meth:`Workspace.model` name) per method."""
     es = ws.eval_set("sentinel2")
     zf, zm = es.embedded(run, ws.models[run])
-    return {name: level_rates(es.register_all(zf, zm, fn), ws.budget.n_boot)
+    return {name: level_rates(es.register_all(zf, zm, fn, key=(run, name)), ws.budget.n_boot)
             for name, fn in methods.items()}  # fmt: skip
 
 
@@ -168,8 +168,10 @@ def methods(ws: Workspace) -> dict:
             "CoMIR + SIFT": (zf, zm, _register("sift")),
             "CoMIR + fft": (zf, zm, _register("fft")),
         }
-        out[sample] = {name: level_rates(es.register_all(f, m, fn), ws.budget.n_boot)
-                       for name, (f, m, fn) in runs.items()}  # fmt: skip
+        out[sample] = {
+            name: level_rates(es.register_all(f, m, fn, key=(sample, name)), ws.budget.n_boot)
+            for name, (f, m, fn) in runs.items()
+        }
     return out
 
 
@@ -218,7 +220,8 @@ def sift(ws: Workspace) -> dict:
         zf, zm = es.embedded(f"sample:{sample}", f"sample:{sample}")
         rows = {}
         for name, opts in settings.items():
-            sc = es.register_all(zf, zm, lambda f, m, o=opts: register_sift(f, m, **o))
+            key = (sample, "CoMIR + SIFT") if not opts else None  # = section 3's run
+            sc = es.register_all(zf, zm, lambda f, m, o=opts: register_sift(f, m, **o), key)
             rows[name] = {"success": level_rates(sc, ws.budget.n_boot), **_sift_counts(sc)}
         model = _load(f"sample:{sample}")
         crop = ws.holdout_crop(sample)
@@ -239,9 +242,10 @@ def sift(ws: Workspace) -> dict:
     for name, run in (("L = 1 (recipe)", base_run(ws)), ("L = 3 (recipe, mse)", "latent3")):
         zf, zm = es.embedded(run, ws.models[run])
         fns = {"SIFT before": lambda f, m: register_sift(f, m, **SIFT_BEFORE),
-               "SIFT after": lambda f, m: register_sift(f, m), "fft": _register("fft")}  # fmt: skip
+               "SIFT after": _register("sift"), "fft": _register("fft")}  # fmt: skip
+        keys = {"SIFT after": (run, "sift"), "fft": (run, "fft")}  # = section 1's runs
         out["channels"][name] = {
-            k: level_rates(es.register_all(zf, zm, fn), ws.budget.n_boot)["all"]
+            k: level_rates(es.register_all(zf, zm, fn, keys.get(k)), ws.budget.n_boot)["all"]
             for k, fn in fns.items()
         }
     return out
