@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-results", action="store_true", help="re-render DIR/claims/results.json")
     args = p.parse_args(argv)
     if args.from_results:
-        print(f"report: {rewrite(args.out)}")
+        print(f"report: {rewrite(args.out, args.work)}")
         return 0
     path = run_claims(args.out, quick=args.quick, work=args.work, progress=args.progress)
     print(f"report: {path}")

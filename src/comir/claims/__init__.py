@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from comir.claims import figures, report, sections
-from comir.claims.runs import FULL, QUICK, Budget, Workspace, write_json
+from comir.claims.runs import FULL, QUICK, Budget, Workspace, train_seconds, write_json
 from comir.claims.stats import best_match_correlation, bootstrap_ci, channel_correlations
 
 __all__ = [
@@ -72,27 +72,30 @@ def run_claims(
             results[name] = getattr(sections, name)(ws)
             seconds[name] = round(time.perf_counter() - t, 1)
             print(f"claims: {name} done ({seconds[name]:.0f} s)", flush=True)
-        train_seconds = {k: round(v, 1) for k, v in ws.seconds.items()}
+        trained = train_seconds(ws.root)
     meta = {
         "command": _command(quick, out),
         "budget": budget.describe(),
         "seconds": round(time.perf_counter() - t0, 1),
         "section_seconds": seconds,
-        "train_seconds": train_seconds,
+        "train_seconds": trained,
         "cpus": os.cpu_count(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     return _write(out, results, meta)
 
 
-def rewrite(out: str | os.PathLike = "docs") -> Path:
+def rewrite(out: str | os.PathLike = "docs", work: str | os.PathLike | None = None) -> Path:
     """Write ``out/claims.md`` and the figures again from ``out/claims/results.json`` (a
-    change of layout or wording without re-measuring)."""
+    change of layout or wording without re-measuring); with the run's ``work`` folder, the
+    training times are read again from its runs' ``metrics.csv``."""
     import json
 
     out = Path(out)
     data = json.loads((out / "claims" / "results.json").read_text())
     meta = data.pop("meta")
+    if work is not None:
+        meta["train_seconds"] = train_seconds(Path(work))
     return _write(out, data, meta)
 
 

@@ -158,6 +158,8 @@ def defaults_figure(res: dict, path: Path, footer: str) -> Path:
         err = np.vstack([mean - [v[1] for v in r], [v[2] for v in r] - mean])
         ax.barh(y + (i - 0.5) * 0.38, mean, 0.38, xerr=err, capsize=2, label=f"CoMIR + {method}",
                 color=f"C{i}")  # fmt: skip
+        for yy, v in zip(y + (i - 0.5) * 0.38, mean, strict=True):
+            ax.text(0.01, yy, f"{v:.2f}", va="center", fontsize=7, color="k")
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)

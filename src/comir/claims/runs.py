@@ -224,6 +224,19 @@ class Workspace:
         return np.ascontiguousarray(img[y0 : y0 + c, x0 : x0 + c])
 
 
+def train_seconds(root: Path) -> dict[str, float]:
+    """Wall time of each training under ``root/runs`` as its ``metrics.csv`` logged it."""
+    import csv
+
+    out = {}
+    for metrics in sorted(Path(root).glob("runs/*/metrics.csv")):
+        with metrics.open() as fh:
+            rows = list(csv.DictReader(fh))
+        if rows and rows[-1].get("seconds"):
+            out[metrics.parent.name] = round(float(rows[-1]["seconds"]), 1)
+    return out
+
+
 def write_json(path: Path, data: dict) -> None:
     """The raw numbers of a section, next to the report."""
     from comir.io import write_text
