@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 LEVELS = ("1", "2", "3", "4", "all")
+#: Said when every model of a section registers (almost) nothing.
+TOO_SHORT = (
+    "**Every model trained at this report's budget registers (almost) no pair** (success "
+    "below 0.2 for every variant, fft and SIFT): the trainings are too short for "
+    "registration, so these success columns do not rank the variants."
+)
+
+
+def _all_fail(success_by_run: list[dict]) -> bool:
+    """True when no run's success (any method, all levels) reaches 0.2."""
+    return max(r[m]["all"][0] for r in success_by_run for m in r) < 0.2
 
 
 def pct(v: float) -> str:
@@ -56,7 +67,9 @@ def equivariance_md(res: dict, fig: str) -> str:
         "The correlation of f(rot_θ x) with rot_θ f(x) on the held-out crop, θ = 0…360° "
         f"in {int(res['angles'][1] - res['angles'][0])}° steps, per modality (pixels whose "
         "pre-image lies inside the crop), and the registration success of each model.",
-        f"![equivariance]({fig})", table, verdict, "Success per level (CoMIR + fft):", per_level,
+        f"![equivariance]({fig})", table, verdict,
+        *([TOO_SHORT] if _all_fail([v["success"] for v in res["variants"].values()]) else []),
+        "Success per level (CoMIR + fft):", per_level,
     ])  # fmt: skip
 
 
@@ -83,6 +96,7 @@ def seeds_md(res: dict, fig: str) -> str:
         "mean over channels of corr(channel i of run 1, channel i of run 2); *best* allows "
         "any channel permutation and sign per channel (InfoNCE is blind to both).",
         f"![seeds]({fig})", table, verdict, "Registration success per run:", succ,
+        *([TOO_SHORT] if _all_fail(list(res["success"].values())) else []),
     ])  # fmt: skip
 
 
@@ -147,6 +161,11 @@ def defaults_md(res: dict, fig: str) -> str:
     table = _table(["variant", "run", "changes", "CoMIR + fft, all", "CoMIR + SIFT, all"], rows)
     base = next(iter(res.values()))["success"]["fft"]["all"]
     better = [n for n, v in res.items() if v["success"]["fft"]["all"][1] > base[2]]
+    if max(v["success"][m]["all"][0] for v in res.values() for m in ("fft", "sift")) < 0.2:
+        return "\n\n".join([
+            "## 5. Defaults: critic, τ, L2 activation decay", f"![defaults]({fig})", table,
+            TOO_SHORT + " This sweep therefore cannot confirm or change the defaults.",
+        ])  # fmt: skip
     verdict = (
         "No variant's interval lies above the default's: the defaults stand on this measurement."
         if not better
