@@ -7,9 +7,16 @@ inliers are refitted by least squares (Kabsch/Umeyama without scale).
 
 Two presets (:data:`PRESETS`):
 
-* ``"comir"`` (default) — tuned here: PCA grey, 0.5/99.5 percentile stretch to 8 bit, all
-  keypoints, Lowe's ratio test (0.75), 2000 RANSAC hypotheses with a threshold of 1 % of
-  the image side (at least 3 px), iterated inlier refits, at least 6 inliers.
+* ``"comir"`` (default) — tuned here for CoMIRs, which are smooth and low in contrast
+  (docs/claims.md, "SIFT on CoMIRs"): PCA grey, 0.5/99.5 percentile stretch to 8 bit (the
+  CoMIR paper converts CoMIRs to 8 bit over their own range), images smaller than 512 px
+  upsampled ×2, a contrast threshold of 0.01 (OpenCV's 0.04 keeps too few extrema on a
+  CoMIR) and a base blur σ = 2.0, the 1000 strongest keypoints, the two nearest fixed descriptors of every
+  moving one as candidate matches (no ratio test: on CoMIRs of two modalities the true
+  match is often only the second nearest). RANSAC scores one hypothesis per candidate
+  (its position and the difference of the two SIFT orientations, as in Lowe 2004, §7.3)
+  and 5000 two-point hypotheses, with a threshold of 1 % of the image side (at least
+  3 px), iterated inlier refits, at least 6 inliers.
 * ``"public"`` — the SIFT baseline of Lu et al., PLOS ONE 2022 (MultiRegEval ``sift.py``):
   OpenCV grey of an 8-bit image, 500 keypoints, brute-force L2 matching with cross-check
   and no ratio test, RANSAC with a 2 px residual threshold and 100 trials, the model
@@ -33,11 +40,16 @@ from comir.transform import functional as F
 #: Settings of each ``preset`` (an explicit option overrides its preset's value).
 PRESETS: dict[str, dict] = {
     "comir": {
-        "matcher": "ratio",
-        "ratio": 0.75,
-        "n_features": 0,
+        "matcher": "knn",
+        "ratio": None,
+        "candidates": 2,
+        "n_features": 1000,  # bounds matching and RANSAC time on large images
+        "contrast_threshold": 0.01,
+        "sigma": 2.0,
+        "upsample": None,  # 2 when the larger side of both images is below 512 px, else 1
         "threshold": None,  # 1 % of the larger image side, at least 3 px
-        "iterations": 2000,
+        "iterations": 5000,
+        "orientation": True,
         "min_inliers": 6,
         "gray": "pca",
         "refits": 3,
@@ -45,15 +57,22 @@ PRESETS: dict[str, dict] = {
     "public": {
         "matcher": "cross_check",
         "ratio": None,
+        "candidates": 1,
         "n_features": 500,
+        "contrast_threshold": 0.04,  # OpenCV's defaults, as the study used them
+        "sigma": 1.6,
+        "upsample": 1,
         "threshold": 2.0,
         "iterations": 100,
+        "orientation": False,
         "min_inliers": 3,
         "gray": "opencv",
         "refits": 0,
     },
 }
-MATCHERS = ("ratio", "cross_check")
+MATCHERS = ("ratio", "cross_check", "knn")
+#: Below this larger side (px) the ``comir`` preset upsamples ×2 (``upsample=None``).
+UPSAMPLE_BELOW = 512
 GRAYS = ("pca", "opencv")
 
 
@@ -64,6 +83,7 @@ def ransac_rigid(
     iterations: int = 2000,
     seed: int = 0,
     refits: int = 3,
+    angles: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """RANSAC over 2-point rigid hypotheses, evaluated for all hypotheses at once.
 
@@ -96,15 +116,22 @@ def ransac_rigid(
     ang = np.arctan2(dd[:, 1], dd[:, 0]) - np.arctan2(ds[:, 1], ds[:, 0])
     # the rotation by ang about src[i] followed by the shift src[i] -> dst[i]
     hyp = F.rigid_matrices(ang, dst[i] - src[i], src[i])  # (I, 3, 3)
+    if angles is not None:
+        one = F.rigid_matrices(np.asarray(angles, float), dst - src, src)  # (N, 3, 3)
+        hyp = np.concatenate([one, hyp])
     best_count, inliers = -1, np.zeros(n, bool)
-    chunk = max(1, 2_000_000 // max(n, 1))  # bound the (hypotheses, N, 2) temporaries
-    for k in range(0, iterations, chunk):
-        pred = F.apply_matrices(hyp[k : k + chunk], src)  # (chunk, N, 2)
-        inl = np.linalg.norm(pred - dst[None], axis=-1) < threshold
+    thr2 = float(threshold) ** 2
+    chunk = max(1, 4_000_000 // max(n, 1))  # bound the (hypotheses, N) temporaries
+    for k in range(0, len(hyp), chunk):
+        h = hyp[k : k + chunk]
+        # residuals component by component: (chunk, N) arrays, no (chunk, N, 2) einsum
+        rx = h[:, 0, :1] * src[:, 0] + h[:, 0, 1:2] * src[:, 1] + h[:, 0, 2:] - dst[:, 0]
+        ry = h[:, 1, :1] * src[:, 0] + h[:, 1, 1:2] * src[:, 1] + h[:, 1, 2:] - dst[:, 1]
+        inl = rx * rx + ry * ry < thr2
         counts = inl.sum(axis=1)
-        h = int(np.argmax(counts))
-        if counts[h] > best_count:
-            best_count, inliers = int(counts[h]), inl[h]
+        b = int(np.argmax(counts))
+        if counts[b] > best_count:
+            best_count, inliers = int(counts[b]), inl[b]
     m = F.fit_rigid(src[inliers], dst[inliers])
     for _ in range(refits):  # refit until the inlier set settles
         new = np.linalg.norm(F.apply_matrices(m, src) - dst, axis=1) < threshold
@@ -171,25 +198,67 @@ def _settings(preset: str, given: dict) -> dict:
         )
     if s["gray"] not in GRAYS:
         raise ComirError(f"sift: gray must be one of {', '.join(GRAYS)}, got {s['gray']!r}")
-    if s["matcher"] == "ratio" and not 0 < s["ratio"] < 1:
+    if s["ratio"] is not None and not 0 < s["ratio"] < 1:
         raise ComirError(f"sift: ratio must be in (0, 1), got {s['ratio']}")
-    if s["matcher"] == "cross_check" and given.get("ratio") is not None:
+    if s["matcher"] == "ratio":
+        s["ratio"] = 0.75 if s["ratio"] is None else s["ratio"]
+    elif given.get("ratio") is not None:
         raise ComirError("sift: ratio applies to matcher=ratio only; drop it or set matcher=ratio")
-    if s["min_inliers"] < 2:
-        raise ComirError(f"sift: min_inliers must be at least 2, got {s['min_inliers']}")
-    if s["iterations"] < 1:
-        raise ComirError(f"sift: iterations must be at least 1, got {s['iterations']}")
+    for key, low in (("min_inliers", 2), ("iterations", 1), ("candidates", 1)):
+        if s[key] < low:
+            raise ComirError(f"sift: {key} must be at least {low}, got {s[key]}")
+    if s["upsample"] is not None and s["upsample"] not in (1, 2, 3, 4):
+        raise ComirError(f"sift: upsample must be 1, 2, 3 or 4, got {s['upsample']!r}")
+    if not (s["contrast_threshold"] >= 0 and s["sigma"] > 0):
+        raise ComirError(
+            f"sift: contrast_threshold must be >= 0 and sigma > 0, got "
+            f"{s['contrast_threshold']} and {s['sigma']}"
+        )
     return s
 
 
-def _match(dm: np.ndarray, df: np.ndarray, matcher: str, ratio: float | None) -> list:
-    """Brute-force L2 matches of moving descriptors ``dm`` against fixed ``df``."""
+def _match(dm: np.ndarray, df: np.ndarray, s: dict) -> list[tuple[int, int]]:
+    """Brute-force L2 matches ``(moving index, fixed index)`` of moving descriptors ``dm``
+    against fixed ``df``: mutual nearest neighbours, Lowe's ratio test, or the
+    ``candidates`` nearest fixed descriptors of every moving one (``knn``)."""
     import cv2
 
-    if matcher == "cross_check":
-        return list(cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(dm, df))
+    if s["matcher"] == "cross_check":
+        found = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(dm, df)
+        return [(g.queryIdx, g.trainIdx) for g in found]
+    if s["matcher"] == "knn":
+        k = min(int(s["candidates"]), len(df))
+        return [(g.queryIdx, g.trainIdx) for p in cv2.BFMatcher(cv2.NORM_L2).knnMatch(dm, df, k=k)
+                for g in p]  # fmt: skip
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(dm, df, k=2)
-    return [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    ratio = s["ratio"]
+    return [(p[0].queryIdx, p[0].trainIdx) for p in pairs
+            if len(p) == 2 and p[0].distance < ratio * p[1].distance]  # fmt: skip
+
+
+def _upsampling(s: dict, f8: np.ndarray, m8: np.ndarray) -> int:
+    if s["upsample"] is not None:
+        return int(s["upsample"])
+    return 2 if max(f8.shape + m8.shape) < UPSAMPLE_BELOW else 1
+
+
+def _keypoints(img8: np.ndarray, s: dict, up: int):
+    """SIFT keypoints (positions in the original pixel frame, orientations in radians) and
+    descriptors of an 8-bit image, detected after ``up``-fold cubic upsampling."""
+    import cv2
+
+    if up > 1:
+        img8 = cv2.resize(img8, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
+    sift = cv2.SIFT_create(
+        nfeatures=int(s["n_features"]),
+        contrastThreshold=float(s["contrast_threshold"]),
+        sigma=float(s["sigma"]),
+    )
+    kps, desc = sift.detectAndCompute(img8, None)
+    pts = np.array([k.pt for k in kps], dtype=float).reshape(-1, 2)
+    # resize maps pixel centres x_up + 0.5 = up (x + 0.5) (OpenCV's half-pixel alignment)
+    pts = (pts + 0.5) / up - 0.5
+    return pts, np.deg2rad([k.angle for k in kps]), desc
 
 
 @timed("sift")
@@ -199,9 +268,14 @@ def register_sift(
     preset: str = "comir",
     matcher: str | None = None,
     ratio: float | None = None,
+    candidates: int | None = None,
     n_features: int | None = None,
+    contrast_threshold: float | None = None,
+    sigma: float | None = None,
+    upsample: int | None = None,
     threshold: float | None = None,
     iterations: int | None = None,
+    orientation: bool | None = None,
     min_inliers: int | None = None,
     gray: str | None = None,
     seed: int = 0,
@@ -213,16 +287,25 @@ def register_sift(
     fixed, moving : ndarray, shape (H, W) or (H, W, C)
     preset : {"comir", "public"}
         Defaults of every option below (:data:`PRESETS`; see the module docstring).
-    matcher : {"ratio", "cross_check"}, optional
-        Nearest neighbour with Lowe's ratio test, or mutual nearest neighbours.
+    matcher : {"knn", "ratio", "cross_check"}, optional
+        The ``candidates`` nearest neighbours, nearest neighbour with Lowe's ratio test,
+        or mutual nearest neighbours.
     ratio : float, optional
-        Ratio test threshold (``matcher="ratio"``).
+        Ratio test threshold (``matcher="ratio"``; 0.75 when not given).
+    candidates : int, optional
+        Fixed descriptors per moving one (``matcher="knn"``).
     n_features : int, optional
         Keypoints kept per image, the strongest first (0 = all).
+    contrast_threshold, sigma : float, optional
+        OpenCV SIFT's ``contrastThreshold`` and base blur ``sigma``.
+    upsample : {1, 2, 3, 4}, optional
+        Cubic upsampling before detection (``comir``: 2 below 512 px, else 1).
     threshold : float, optional
         RANSAC inlier distance in pixels (``comir``: 1 % of the larger side, at least 3).
     iterations : int, optional
-        RANSAC hypotheses.
+        RANSAC two-point hypotheses.
+    orientation : bool, optional
+        Also score one hypothesis per match from the keypoints' SIFT orientations.
     min_inliers : int, optional
         Fewer matches or RANSAC inliers than this is reported as a failure.
     gray : {"pca", "opencv"}, optional
@@ -235,14 +318,14 @@ def register_sift(
     -------
     RegistrationResult
         ``score`` is the inlier count; ``details`` holds the preset, keypoint, match and
-        inlier counts.
+        inlier counts and the upsampling factor.
     """
-    import cv2
-
     s = _settings(
         preset,
-        {"matcher": matcher, "ratio": ratio, "n_features": n_features, "threshold": threshold,
-         "iterations": iterations, "min_inliers": min_inliers, "gray": gray},
+        {"matcher": matcher, "ratio": ratio, "candidates": candidates, "n_features": n_features,
+         "contrast_threshold": contrast_threshold, "sigma": sigma, "upsample": upsample,
+         "threshold": threshold, "iterations": iterations, "orientation": orientation,
+         "min_inliers": min_inliers, "gray": gray},
     )  # fmt: skip
     f8, m8 = (
         _to_uint8(img, name, s["gray"]) for img, name in ((fixed, "fixed"), (moving, "moving"))
@@ -250,26 +333,29 @@ def register_sift(
     thr = s["threshold"]
     if thr is None:
         thr = max(3.0, 0.01 * max(f8.shape + m8.shape))
-    sift = cv2.SIFT_create(nfeatures=int(s["n_features"]))
-    kf, df = sift.detectAndCompute(f8, None)
-    km, dm = sift.detectAndCompute(m8, None)
-    if df is None or dm is None or len(kf) < 2 or len(km) < 2:
-        return failed("sift", f"too few keypoints ({len(km)} moving, {len(kf)} fixed)")
-    good = _match(dm, df, s["matcher"], s["ratio"])
+    up = _upsampling(s, f8, m8)
+    pf, af, df = _keypoints(f8, s, up)
+    pm, am, dm = _keypoints(m8, s, up)
+    if df is None or dm is None or len(pf) < 2 or len(pm) < 2:
+        return failed("sift", f"too few keypoints ({len(pm)} moving, {len(pf)} fixed)")
+    good = _match(dm, df, s)
     if len(good) < s["min_inliers"]:
         return failed("sift", f"only {len(good)} matches ({s['matcher']})")
     # Moving keypoints are the source, so the fit maps moving -> fixed.
-    src = np.array([km[g.queryIdx].pt for g in good], dtype=float)
-    dst = np.array([kf[g.trainIdx].pt for g in good], dtype=float)
-    mat, inliers = ransac_rigid(src, dst, thr, int(s["iterations"]), seed, s["refits"])
+    qi, ti = np.array(good, dtype=int).T
+    extra = {"angles": af[ti] - am[qi]} if s["orientation"] else {}
+    mat, inliers = ransac_rigid(
+        pm[qi], pf[ti], thr, int(s["iterations"]), seed, s["refits"], **extra
+    )
     k = int(inliers.sum())
     if k < s["min_inliers"]:
         return failed("sift", f"only {k} inliers")
     res = RegistrationResult(RigidTransform(mat), float(k), 0.0, "ok", "sift")
     res.details = {
         "preset": preset,
-        "keypoints": (len(km), len(kf)),
+        "keypoints": (len(pm), len(pf)),
         "matches": len(good),
         "inliers": k,
+        "upsample": up,
     }
     return res
