@@ -183,3 +183,16 @@ def test_python_dash_m_comir_is_the_command():
         [sys.executable, "-m", "comir", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == f"comir {comir.__version__}"
+
+
+def test_train_scale_range_is_stored_and_checked(trained, tmp_path, capsys):
+    data, _ = trained
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(TOML)
+    base = ["train", str(data), "--layout", "channels", "--a", "0:3", "--b", "3", "--config",
+            str(cfg), "--quiet"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "r"), "--scale-range", "0.8:1"]) == 0
+    aug = json.loads((tmp_path / "r" / "config.json").read_text())["train"]["augment"]
+    assert aug["scale_min"] == 0.8 and aug["scale_max"] == 1.0 and aug["rotate"] is False
+    assert main([*base, "--out", str(tmp_path / "x"), "--scale-range", "2:1"]) == 2
+    assert "--scale-range" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -546,3 +546,37 @@ def test_make_loader_with_workers_gives_distinct_streams(textured) -> None:
     assert not torch.allclose(a0, a1)
     torch.testing.assert_close(a0, next(iter(data.PatchStream(ps, 8, 4, AugmentConfig())))[0])
     del it
+
+
+def test_stream_scale_augmentation_is_an_area_averaged_zoom() -> None:
+    """With a fixed scale 0.5 and no rotation/flip, a patch is the 2×2 block mean of a
+    crop twice its size (coordinates: exactly linear maps of slope 2), and the scales of
+    a log-uniform range show up as Jacobians between 1/HI and 1/LO."""
+    img = coord_image(80, 90)[..., ::-1].copy()  # (x, y)
+    ps = make_set([img], [img[..., :1]])
+    cfg = AugmentConfig(rotate=False, flip=False, scale_min=0.5, scale_max=0.5)
+    xa, xb = next(iter(data.PatchStream(ps, 8, 64, cfg, seed=4)))
+    patch = xa.numpy()  # (B, 2, 8, 8): x and y of the sampled positions
+    np.testing.assert_allclose(np.diff(patch[:, 0], axis=2), 2.0, atol=1e-4)
+    np.testing.assert_allclose(np.diff(patch[:, 1], axis=1), 2.0, atol=1e-4)
+    # block means of a source crop: pixel (i, j) is the mean of source pixels 2i, 2i+1 (x)
+    x0 = patch[:, 0, 0, 0] - 0.5
+    assert np.allclose(x0, np.round(x0), atol=1e-4)  # aligned to source pixels: an area mean
+    torch.testing.assert_close(xb[:, 0], xa[:, 0])  # both modalities alike
+    cfg = AugmentConfig(rotate=False, flip=False, scale_min=0.25, scale_max=1.0)
+    xa, _ = next(iter(data.PatchStream(ps, 8, 256, cfg, seed=5)))
+    slope = np.diff(xa.numpy()[:, 0], axis=2).mean(axis=(1, 2))  # 1 / scale
+    assert slope.min() >= 1.0 - 1e-4 and slope.max() <= 4.0 + 1e-4
+    assert (slope > 2.0).mean() == pytest.approx(0.5, abs=0.12)  # log-uniform: median 2
+
+
+def test_stream_without_scale_range_is_unchanged_and_bad_ranges_fail() -> None:
+    img = coord_image(40, 40)
+    ps = make_set([img], [img[..., :1]])
+    a, _ = next(iter(data.PatchStream(ps, 10, 8, AugmentConfig(), seed=1)))
+    b, _ = next(iter(data.PatchStream(ps, 10, 8, AugmentConfig(scale_min=1, scale_max=1), 1)))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="scale range"):
+        AugmentConfig(scale_min=0.0)
+    with pytest.raises(ComirError, match="scale-range"):
+        data.PatchStream(ps, 16, 8, AugmentConfig(scale_min=0.25), seed=1)  # 64 px > 40 px

@@ -277,7 +277,7 @@ def _epoch_stream(pairs, config: TrainConfig, start_step: int, rank: int = 0) ->
 
     try:
         augment = AugmentConfig(**config.augment)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ComirError(f"invalid augment options {config.augment}: {exc}") from None
     return make_loader(
         pairs,

@@ -74,6 +74,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         "--sync-bn", action="store_const", const=True,
         help="synchronise batch norm across processes (CUDA only)",
     )  # fmt: skip
+    p.add_argument(
+        "--scale-range", metavar="LO:HI",
+        help="scale augmentation: each patch shows its content at a scale drawn log-uniformly "
+        "in LO:HI (e.g. 0.25:1, so one model serves 4x coarser pyramid levels) (1:1)",
+    )  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="TOML (or run config.json) of options")
     p.add_argument("--resume", action="store_true", help="continue RUN from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -100,6 +105,18 @@ def _read_config_file(path: str) -> dict:
     if isinstance(d.get("train"), dict):  # a run's config.json or a [train] table
         d = d["train"]
     return d
+
+
+def _scale_range(text: str) -> dict:
+    """``"LO:HI"`` → the scale keys of ``AugmentConfig``."""
+    lo, sep, hi = text.partition(":")
+    try:
+        values = (float(lo), float(hi if sep else lo))
+    except ValueError:
+        values = (float("nan"),) * 2
+    if not (0 < values[0] <= values[1] <= 4):
+        raise ComirError(f"--scale-range {text!r}: give LO:HI with 0 < LO <= HI <= 4, e.g. 0.25:1")
+    return {"scale_min": values[0], "scale_max": values[1]}
 
 
 @command("train", "Train a CoMIR model pair on aligned image pairs.", _train_arguments)
@@ -129,6 +146,8 @@ def _train_command(args: argparse.Namespace) -> int:
     if "val_fraction" in given:
         opts["val"] = None
     opts.update(given)
+    if args.scale_range is not None:
+        opts["augment"] = {**opts.get("augment", {}), **_scale_range(args.scale_range)}
     if args.data is not None:
         opts["data"] = args.data
     if "data" not in opts:

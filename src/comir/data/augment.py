@@ -31,17 +31,37 @@ class AugmentConfig:
     modality independently. ``noise_*`` is the standard deviation of added Gaussian noise;
     ``blur_*`` the largest Gaussian blur sigma in pixels (each sample draws one in
     ``[0, blur]``); ``contrast_*`` = s draws a gamma and a contrast gain in
-    ``[exp(-s), exp(s)]`` per sample.
+    ``[exp(-s), exp(s)]`` per sample. ``scale_min``, ``scale_max``: each sample shows its
+    content at a scale drawn log-uniformly in that range (0.25: a patch covers 4× the
+    side, as a 4× coarser pyramid level shows it; area-averaged, both modalities alike),
+    so that one model serves several pyramid levels; 1, 1 (default) leaves scale alone.
     """
 
     flip: bool = True
     rotate: bool = True
+    scale_min: float = 1.0
+    scale_max: float = 1.0
     noise_a: float = 0.0
     noise_b: float = 0.0
     blur_a: float = 0.0
     blur_b: float = 0.0
     contrast_a: float = 0.0
     contrast_b: float = 0.0
+
+    def __post_init__(self) -> None:
+        lo, hi = float(self.scale_min), float(self.scale_max)
+        if not (0.0 < lo <= hi <= 4.0):
+            raise ValueError(f"scale range {lo}:{hi} must satisfy 0 < min <= max <= 4")
+
+    @property
+    def scaled(self) -> bool:
+        """Whether samples are rescaled (a scale range other than 1:1)."""
+        return (self.scale_min, self.scale_max) != (1.0, 1.0)
+
+    @property
+    def supersample(self) -> int:
+        """Sub-samples per output pixel and axis: enough to area-average the finest scale."""
+        return max(1, math.ceil(1.0 / self.scale_min - 1e-9))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,14 +150,15 @@ def augment_batch(
 
 # ---------------------------------------------------------------------------- geometry
 def sampling_matrices(
-    centre: np.ndarray, angle_rad: np.ndarray, flip: np.ndarray, height: int, width: int
-) -> np.ndarray:
+    centre: np.ndarray, angle_rad: np.ndarray, flip: np.ndarray, height: int, width: int,
+    scale: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
     """Patch offsets → ``grid_sample`` coordinates of the input, ``(B, 3, 3)`` float64.
 
-    ``G · T(centre) · F · R(-angle)``: a patch offset ``p`` (from the patch centre) is
-    rotated by ``-angle``, mirrored in x where ``flip`` is set (``F = diag(-1, 1)``),
-    moved to ``centre`` and converted to the normalised units of ``grid_sample``
-    (:func:`comir.transform.functional.grid_sample_matrix`).
+    ``G · T(centre) · F · R(-angle) · S(1/scale)``: a patch offset ``p`` (from the patch
+    centre) is divided by ``scale`` (default 1), rotated by ``-angle``, mirrored in x where
+    ``flip`` is set (``F = diag(-1, 1)``), moved to ``centre`` and converted to the
+    normalised units of ``grid_sample`` (:func:`comir.transform.functional.grid_sample_matrix`).
 
     Parameters
     ----------
@@ -156,12 +177,16 @@ def sampling_matrices(
         @ geom.from_linear(mirror, np.zeros(2))
         @ geom.rigid_matrices(-angle_rad)
     )
+    if scale is not None:
+        inv = 1.0 / np.asarray(scale, float)[:, None, None]
+        patch_to_pixels = patch_to_pixels @ geom.from_linear(inv * np.eye(2), np.zeros(2))
     return geom.grid_sample_matrix(height, width) @ patch_to_pixels
 
 
 def rotation_grid(
-    centre: Tensor, angle_rad: Tensor, flip: Tensor, patch_size: int, height: int, width: int
-) -> Tensor:
+    centre: Tensor, angle_rad: Tensor, flip: Tensor, patch_size: int, height: int, width: int,
+    scale: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """Sampling grid of flipped, rotated ``P×P`` patches for ``F.grid_sample``.
 
     Output pixel ``p`` (relative to the patch centre, x = column, y = row) samples the
@@ -180,6 +205,8 @@ def rotation_grid(
         ``P``.
     height, width : int
         Input size.
+    scale : Tensor, ``(B,)``, optional
+        Output pixels per input pixel (0.25: the patch spans 4 P input pixels).
 
     Returns
     -------
@@ -192,6 +219,7 @@ def rotation_grid(
         flip.detach().cpu().numpy().astype(bool),
         height,
         width,
+        None if scale is None else scale.detach().cpu().to(torch.float64).numpy(),
     )
     # (B, 2, 3) float32 columns: offset, d/du, d/dv of the normalised (x, y)
     coef = torch.from_numpy(mats[:, :2, [2, 0, 1]].astype(np.float32))

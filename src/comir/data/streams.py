@@ -36,16 +36,22 @@ def _stream_seed(seed: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, worker]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _check_sizes(pairs: PairSet, patch_size: int) -> None:
+def _check_sizes(pairs: PairSet, patch_size: int, footprint: int | None = None) -> None:
+    """Every image holds a crop of ``footprint`` px (the patch at the smallest scale)."""
     if len(pairs) == 0:
         raise ComirError("no image pairs to draw patches from; check the data folder")
     if patch_size < 1:
         raise ComirError(f"patch size must be positive, got {patch_size}")
+    need = footprint or patch_size
     for pair, img in zip(pairs.pairs, pairs.images_a):
-        if min(img.shape[:2]) < patch_size:
+        if min(img.shape[:2]) < need:
+            fix = "lower --patch-size or remove the file" if need == patch_size else (
+                f"a patch of {patch_size} px at the smallest scale spans {need} px: raise the "
+                "lower end of --scale-range, lower --patch-size or remove the file")  # fmt: skip
+            what = f"the patch size {need}" if need == patch_size else f"{need} px"
             raise ComirError(
                 f"{pair.path_a}: image ({pair.name}) is {img.shape[0]}×{img.shape[1]}, smaller "
-                f"than the patch size {patch_size}; lower --patch-size or remove the file"
+                f"than {what}; {fix}"
             )
 
 
@@ -127,7 +133,12 @@ class PatchStream(IterableDataset):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_sizes(pairs, patch_size)
+        scaled = augment is not None and augment.scaled
+        # crops are drawn for the footprint of the patch at the smallest scale
+        self.footprint = (
+            math.ceil(patch_size / min(1.0, augment.scale_min)) if scaled else int(patch_size)
+        )
+        _check_sizes(pairs, patch_size, self.footprint)
         if batch_size < 1:
             raise ComirError(f"batch size must be positive, got {batch_size}")
         self.patch_size = int(patch_size)
@@ -137,31 +148,41 @@ class PatchStream(IterableDataset):
         self.channels_a = pairs.images_a[0].shape[2]
         # Half the growth of a rotated patch's bounding box, plus one pixel for bilinear:
         # every sample point of any rotation then lies inside the padded image.
-        self.margin = math.ceil((math.sqrt(2.0) - 1.0) * patch_size / 2.0) + 1
+        self.margin = math.ceil((math.sqrt(2.0) - 1.0) * self.footprint / 2.0) + 1
         self._atlas, self._row0 = _atlas(pairs, self.margin)
         self._sampler = _Sampler(torch.tensor([im.shape[:2] for im in pairs.images_a]))
 
     def _rotated(self, top: Tensor, left: Tensor, generator: torch.Generator) -> Tensor:
-        """Flipped / rotated crops with top-left ``(top, left)`` in the atlas, ``(B, C, P, P)``."""
+        """Flipped / rotated (/ rescaled) crops whose footprint has top-left ``(top, left)``
+        in the atlas, ``(B, C, P, P)``."""
         p, b, cfg = self.patch_size, self.batch_size, self.augment
         u = torch.rand(b, 2, generator=generator, dtype=torch.float64)
         angle = (2.0 * u[:, 0] - 1.0) * math.pi if cfg.rotate else torch.zeros(b)
         flip = u[:, 1] < 0.5 if cfg.flip else torch.zeros(b, dtype=torch.bool)
-        centre = torch.stack([left, top], 1).to(torch.float64) + (p - 1) / 2.0
+        centre = torch.stack([left, top], 1).to(torch.float64) + (self.footprint - 1) / 2.0
         _, c, h, w = self._atlas.shape
-        grid = rotation_grid(centre, angle, flip, p, h, w).reshape(1, b * p, p, 2)
+        k, scale = 1, None
+        if cfg.scaled:  # log-uniform scale; k×k sub-samples per pixel, averaged (area filter)
+            lo, hi = math.log(cfg.scale_min), math.log(cfg.scale_max)
+            v = torch.rand(b, generator=generator, dtype=torch.float64)
+            k = cfg.supersample
+            scale = torch.exp(lo + (hi - lo) * v) * k
+        grid = rotation_grid(centre, angle, flip, k * p, h, w, scale).reshape(
+            1, b * k * p, k * p, 2
+        )
         # Sample points stay inside the padded images, so the padding mode never acts.
         out = F.grid_sample(self._atlas, grid, "bilinear", "zeros", align_corners=False)
-        return out.reshape(c, b, p, p).transpose(0, 1)
+        out = out.reshape(c, b, k * p, k * p).transpose(0, 1)
+        return F.avg_pool2d(out, k) if k > 1 else out
 
     def sample_batch(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw one batch ``(xa (B, Ca, P, P), xb (B, Cb, P, P))`` using ``generator``."""
         p, m, b = self.patch_size, self.margin, self.batch_size
-        idx, rows, cols = self._sampler.draw(b, p, generator)
+        idx, rows, cols = self._sampler.draw(b, self.footprint, generator)
         top = self._row0[idx] + rows + m  # crop's top row and left column in the atlas
         left = cols + m
         cfg = self.augment
-        if cfg is not None and (cfg.flip or cfg.rotate):
+        if cfg is not None and (cfg.flip or cfg.rotate or cfg.scaled):
             out = self._rotated(top, left, generator)
         else:
             crops = [
