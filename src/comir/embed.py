@@ -48,7 +48,7 @@ import torch
 from comir.errors import ComirError, warn
 from comir.infer import RowSample, run_tiles
 from comir.input_stats import STATS_KEY, check_input
-from comir.io import IMAGE_SUFFIXES, write_image
+from comir.io import IMAGE_SUFFIXES, to_uint8, write_image
 from comir.runtime import autocast_dtype, check_precision
 from comir.tiling import TilePlan, exact_overlap, plan_tiles, receptive_halo, receptive_radius
 
@@ -396,21 +396,6 @@ def load_model(
         model=model, data=spec, config=config, device=dev, name=str(run), precision=precision,
         runtime=runtime,
     )  # fmt: skip
-
-
-def to_uint8(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """8-bit export: ``sigmoid(z / T)`` min–max scaled to 0..255.
-
-    ``(H, W, 1)`` becomes ``(H, W)`` grey; other shapes keep their channels.
-    """
-    z = np.asarray(z, dtype=np.float64)
-    if temperature <= 0:
-        raise ComirError(f"temperature must be > 0, got {temperature}")
-    s = 0.5 * (1.0 + np.tanh(0.5 * z / temperature))  # numerically safe sigmoid
-    lo, hi = float(s.min()), float(s.max())
-    u = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
-    out = np.round(u * 255.0).astype(np.uint8)
-    return out[..., 0] if out.ndim == 3 and out.shape[2] == 1 else out
 
 
 def embed_files(

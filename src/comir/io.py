@@ -358,3 +358,18 @@ def normalize(image: np.ndarray, norm: str, log: bool = False) -> np.ndarray:
     if log:
         x = np.log1p(np.maximum(x, 0))
     return x
+
+
+def to_uint8(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """8-bit export of a CoMIR ``z``: ``sigmoid(z / T)`` min–max scaled to 0..255.
+
+    ``(H, W, 1)`` becomes ``(H, W)`` grey; other shapes keep their channels.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if temperature <= 0:
+        raise ComirError(f"temperature must be > 0, got {temperature}")
+    s = 0.5 * (1.0 + np.tanh(0.5 * z / temperature))  # numerically safe sigmoid
+    lo, hi = float(s.min()), float(s.max())
+    u = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
+    out = np.round(u * 255.0).astype(np.uint8)
+    return out[..., 0] if out.ndim == 3 and out.shape[2] == 1 else out

@@ -263,6 +263,33 @@ def _refine(fixed, moving, full, f_work, transform, refine_size, max_size, embed
     return final, score, details
 
 
+class _Stages:
+    """One tqdm bar over the stages of :func:`register_slides` and the seconds of each."""
+
+    NAMES = ("read", "embed", "global", "refine", "write")
+
+    def __init__(self, progress: bool, t0: float) -> None:
+        from comir.batch import progress_bar
+
+        self.t0, self.seconds = t0, {}
+        self.bar = progress_bar(len(self.NAMES), "register slides", progress, unit="stage")
+
+    def __call__(self, name: str) -> None:
+        spent = time.perf_counter() - self.t0 - sum(self.seconds.values())
+        self.seconds[name] = round(spent, 3)
+        self.bar.set_postfix_str(name)
+        self.bar.update(1)
+
+
+def _working_details(f_work, m_work) -> dict:
+    """The working levels, shapes and downsamples of both slides (for ``details``)."""
+    return {
+        "working_level": [f_work.level, m_work.level],
+        "working_shape": [list(f_work.image.shape[:2]), list(m_work.image.shape[:2])],
+        "working_downsample": [f_work.downsample, m_work.downsample],
+    }
+
+
 def register_slides(
     fixed_path: PathLike,
     moving_path: PathLike,
@@ -318,7 +345,6 @@ def register_slides(
     comir.register.files.FileRegistration
         ``result.details`` holds the levels, shapes, pixel sizes and seconds per stage.
     """
-    from comir.batch import progress_bar
     from comir.register import TRANSFORMS, register
     from comir.register.files import FileRegistration, _read_landmarks
     from comir.slide.outputs import write_outputs
@@ -331,15 +357,8 @@ def register_slides(
         raise ComirError(f"--max-size {max_size}: give at least 64 px")
     px = pixel_size if isinstance(pixel_size, tuple | list) else (pixel_size, pixel_size)
     t0 = time.perf_counter()
-    stages = ["read", "embed", "global", "refine", "write"]
-    bar = progress_bar(len(stages), "register slides", progress, unit="stage")
-    seconds: dict[str, float] = {}
-
-    def stage(name: str) -> None:
-        seconds[name] = round(time.perf_counter() - t0 - sum(seconds.values()), 3)
-        bar.set_postfix_str(name)
-        bar.update(1)
-
+    stage = _Stages(progress, t0)
+    seconds, bar = stage.seconds, stage.bar
     try:
         with open_slide(fixed_path, px[0]) as fixed, open_slide(moving_path, px[1]) as moving:
             points = _read_landmarks(landmarks, fixed.shape, moving.shape)
@@ -360,10 +379,7 @@ def register_slides(
             if not res.ok:
                 return FileRegistration(res, center)
             full = _to_full(res.transform.matrix, f_work, m_work)
-            details = {**res.details, "rigid_score": res.score,
-                       "working_level": [f_work.level, m_work.level],
-                       "working_shape": [list(f_work.image.shape[:2]), list(m_work.image.shape[:2])],
-                       "working_downsample": [f_work.downsample, m_work.downsample]}  # fmt: skip
+            details = {**res.details, "rigid_score": res.score, **_working_details(f_work, m_work)}
             final, score, more = _refine(fixed, moving, full, f_work, transform, refine_size,
                                          int(max_size), embed, patch_embed)  # fmt: skip
             details.update(more)
