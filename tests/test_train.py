@@ -270,3 +270,31 @@ def test_config_records_training_input_statistics(data, tmp_path):
         np.testing.assert_allclose(got["std"], x.std(0), rtol=1e-5, atol=1e-6)
         for key, q in (("p1", 1), ("p50", 50), ("p99", 99)):
             np.testing.assert_allclose(got[key], np.percentile(x, q, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def _init_weights(model) -> list:
+    return [t.detach().clone() for t in model.state_dict().values() if t.is_floating_point()]
+
+
+def test_weight_seed_draws_the_initial_weights_apart_from_the_stream_seed(data, tmp_path):
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # noqa: E731
+    w_seed0 = _init_weights(build_model(tiny_config(data, seed=0), 3, 1))
+    # weight_seed alone decides the weights; seed decides them only when weight_seed is unset
+    assert same(_init_weights(build_model(tiny_config(data, seed=7, weight_seed=0), 3, 1)), w_seed0)
+    assert not same(
+        _init_weights(build_model(tiny_config(data, seed=0, weight_seed=1), 3, 1)), w_seed0
+    )
+    assert not same(_init_weights(build_model(tiny_config(data, seed=7), 3, 1)), w_seed0)
+    with pytest.raises(ComirError, match="weight_seed"):
+        TrainConfig.from_dict({**tiny_config(data).to_dict(), "weight_seed": -1})
+    # the stream still follows seed: one weight seed, two streams -> two trained models;
+    # weight_seed equal to seed changes nothing (runs of older configs are reproduced)
+    from safetensors.torch import load_file
+
+    runs = {k: train(tiny_config(data, **kw), tmp_path / k, progress=False)
+            for k, kw in {"s0": {"seed": 0}, "s0w0": {"seed": 0, "weight_seed": 0},
+                          "s1w0": {"seed": 1, "weight_seed": 0}}.items()}  # fmt: skip
+    final = {k: list(load_file(p / "model.safetensors").values()) for k, p in runs.items()}
+    assert same(final["s0"], final["s0w0"])
+    assert not same(final["s0w0"], final["s1w0"])
+    assert json.loads((runs["s1w0"] / "config.json").read_text())["train"]["weight_seed"] == 0

@@ -99,7 +99,8 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> tuple[bool, 
 
 
 def build_model(config: TrainConfig, in_channels_a: int, in_channels_b: int):
-    """The :class:`~comir.model.EncoderPair` of ``config``, weights drawn from ``config.seed``."""
+    """The :class:`~comir.model.EncoderPair` of ``config``, weights drawn from
+    ``config.weight_seed`` (``config.seed`` when that is None)."""
     from comir.model import EncoderPair, tiramisu_config
 
     try:
@@ -113,7 +114,7 @@ def build_model(config: TrainConfig, in_channels_a: int, in_channels_b: int):
             f"overrides={config.model_overrides}): {exc}"
         ) from None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed if config.weight_seed is None else config.weight_seed)
         model = EncoderPair(cfg_a, cfg_b)
     return model
 

@@ -47,6 +47,9 @@ class TrainConfig:
     :data:`comir.losses.DEFAULT_TAU` (0.5, see there). ``batch_size`` is per process in
     data-parallel training (the global batch is ``batch_size × world size``); ``sync_bn``
     converts batch norm to :class:`torch.nn.SyncBatchNorm` there (CUDA only).
+    ``seed`` drives the patch stream and, unless ``weight_seed`` is given, the initial
+    weights too; ``weight_seed`` draws the initial weights alone (the seed experiment of
+    Pielawski et al. 2020, §4, compares runs that share it).
     """
 
     data: str
@@ -78,6 +81,7 @@ class TrainConfig:
     momentum: float = 0.9
     grad_clip: float = 1.0
     seed: int = 0
+    weight_seed: int | None = None
     device: str = "auto"
     workers: int = 0
     amp: bool = True
@@ -134,6 +138,10 @@ class TrainConfig:
                 raise self._bad(where, name, "give a table/dict of options")
         if self.steps is not None and not (is_int(self.steps) and self.steps >= 1):
             raise self._bad(where, "steps", "give a positive integer")
+        if self.weight_seed is not None and not (
+            is_int(self.weight_seed) and self.weight_seed >= 0
+        ):
+            raise self._bad(where, "weight_seed", "give a non-negative integer (or leave it unset)")
 
     def _check_ranges(self, where: str) -> None:
         for name in _INTS:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Budget", "EvalSet", "FULL", "QUICK", "Workspace", "weight_seed"]
+__all__ = ["Budget", "EvalSet", "FULL", "QUICK", "Workspace"]
 
 #: Eval patch width per sample (as in :data:`comir.demo.DEMOS`).
 WIDTHS = {"sentinel2": 96, "ihc": 128}
@@ -58,32 +57,6 @@ QUICK = Budget(
     model_overrides={"first_filters": 4, "down_layers": [1], "bottleneck_layers": 1, "growth": 4},
     n_boot=200,
 )
-
-
-@contextmanager
-def weight_seed(seed: int | None) -> Iterator[None]:
-    """Draw the initial weights of :func:`comir.train.train` from ``seed`` while the run's
-    own ``seed`` still drives its patch stream.
-
-    ``TrainConfig.seed`` seeds both, so two runs with one seed are bit-identical on a
-    CPU; the paper's "same weight seed" comparison needs the two apart. This wraps
-    :func:`comir.train.build_model` for the duration of the block (None: no change).
-    """
-    import comir.train as T
-
-    if seed is None:
-        yield
-        return
-    original = T.build_model
-
-    def build(config, in_a: int, in_b: int):
-        return original(dataclasses.replace(config, seed=int(seed)), in_a, in_b)
-
-    T.build_model = build
-    try:
-        yield
-    finally:
-        T.build_model = original
 
 
 @dataclass
@@ -195,7 +168,7 @@ class Workspace:
         )  # fmt: skip
         return dataclasses.replace(cfg, **changes)
 
-    def model(self, name: str, sample: str = "sentinel2", init_seed: int | None = None, **changes):
+    def model(self, name: str, sample: str = "sentinel2", **changes):
         """Train (once) and load the variant ``name``: the recipe with ``changes``."""
         import time
 
@@ -207,8 +180,7 @@ class Workspace:
             cfg = self.config(sample, **changes)
             t0 = time.perf_counter()
             if not (run / "model.safetensors").exists():
-                with weight_seed(init_seed):
-                    train(cfg, run, progress=self.progress)
+                train(cfg, run, progress=self.progress)
             self.seconds[name] = time.perf_counter() - t0
             self.models[name] = load_model(run)
         return self.models[name]

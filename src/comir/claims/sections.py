@@ -20,7 +20,7 @@ EQUIVARIANCE = {
     "rotation aug. only": (False, True),
     "neither": (False, False),
 }
-#: Seed runs: name -> (weight seed, TrainConfig.seed = patch stream seed).
+#: Seed runs: name -> (TrainConfig.weight_seed, TrainConfig.seed = patch-stream seed).
 SEEDS = {"w0-d0": (0, 0), "w0-d1": (0, 1), "w1-d1": (1, 1)}
 SEED_PAIRS = (
     ("w0-d0", "w0-d1", "same weight seed, other patch stream"),
@@ -137,7 +137,7 @@ def seeds(ws: Workspace) -> dict:
     for name, (w, d) in SEEDS.items():
         runs[name] = base_run(ws) if (w, d) == (0, 0) else f"seed-{name}"
         if (w, d) != (0, 0):
-            ws.model(runs[name], init_seed=w, seed=d)
+            ws.model(runs[name], weight_seed=w, seed=d)
     comirs = {n: {m: ws.models[r].embed(image, m) for m in ("a", "b")} for n, r in runs.items()}
     pairs = []
     for r1, r2, what in SEED_PAIRS:

@@ -11,7 +11,7 @@ from comir.errors import ComirError
 _TRAIN_FLAGS = (
     "layout", "a", "b", "val", "val_fraction", "preset", "steps", "epochs", "steps_per_epoch",
     "batch_size", "patch_size", "critic", "tau", "optimizer", "lr", "weight_decay", "l1", "l2",
-    "latent_channels", "seed", "device", "workers", "norm", "norm_b", "log_a", "log_b",
+    "latent_channels", "seed", "weight_seed", "device", "workers", "norm", "norm_b", "log_a", "log_b",
     "equivariance", "precision", "sync_bn",
 )  # fmt: skip
 
@@ -46,7 +46,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l1", type=float, help="L1 activation decay (1e-4)")
     p.add_argument("--l2", type=float, help="L2 activation decay (0.1)")
     p.add_argument("--latent-channels", type=int, metavar="L", help="representation channels (1)")
-    p.add_argument("--seed", type=int, help="weight and data seed (0)")
+    p.add_argument(
+        "--seed", type=int, help="patch-stream seed, and weight seed unless --weight-seed (0)"
+    )
+    p.add_argument("--weight-seed", type=int, help="seed of the initial weights alone (--seed)")
     p.add_argument("--device", choices=DEVICES, help="(auto)")
     p.add_argument("--workers", type=int, help="data loading processes (0)")
     p.add_argument(
