@@ -207,3 +207,17 @@ def test_embed_in_memory_model_is_sent_to_workers(embed_inputs, client, tmp_path
     outs = embed_files(model, ins[:2], "b", tmp_path / "d", fmt="npy", scheduler=client)
     for a, b in zip(ref, outs):
         assert np.array_equal(np.load(a), np.load(b))
+
+
+def test_workers_load_the_model_with_its_runtime(embed_inputs):
+    """A run-folder model is loaded by each worker itself: with the same runtime."""
+    from comir.embed import load_model
+
+    run, ins = embed_inputs
+    model = load_model(run, device="cpu", runtime="onnx")
+    key = scale._model_key(model)
+    assert key is not None and key[-1] == "onnx"
+    job = scale.EmbedJob(key, str(ins[0]), "x.npy", "a", "npy", None, None, None)
+    scale._MODELS.pop(key, None)
+    assert scale._worker_model(job, None).runtime == "onnx"
+    assert scale._model_key(load_model(run, device="cpu"))[-1] == "torch"

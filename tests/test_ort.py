@@ -69,3 +69,20 @@ def test_onnx_in_parallel_encode_streams():
         want = ref.embed_batch([imgs[k] for k in idx], mod, check=False)
         for z, w in zip(got[tuple(idx)], want, strict=True):
             assert float(np.abs(z - w).max() / w.std()) < 1e-5
+
+
+def test_onnx_model_pickles_with_its_graph_for_dask_workers(tmp_path):
+    """A model sent to Dask workers is pickled: the ONNX session is rebuilt from the graph."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import pickle
+
+    from comir.ort import session_for
+
+    fast = _model("onnx")
+    img = make_scene(96, 96, seed=4)[..., 0]
+    before = fast.embed(img, "a", tile=64)  # exports and attaches the session
+    copy = pickle.loads(pickle.dumps(fast))
+    enc = copy.model.encoders["a"].__dict__["_comir_ort"]
+    assert enc.graph == session_for(fast.model.encoders["a"]).graph  # no re-export
+    np.testing.assert_array_equal(copy.embed(img, "a", tile=64), before)

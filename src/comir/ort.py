@@ -48,7 +48,6 @@ class OrtEncoder:
                 "runtime 'onnx' needs onnxruntime and onnx; install them with "
                 "`pip install onnxruntime onnx` or use the default runtime 'torch'"
             )
-        import onnxruntime as ort
 
         self.multiple = int(net.multiple)
         c = int(net.config.in_channels)
@@ -66,12 +65,26 @@ class OrtEncoder:
                 dynamic_axes={"x": axes, "z": axes}, dynamo=False, opset_version=17,
             )  # fmt: skip
         net.train(was_training)
+        self.graph = buf.getvalue()
+        self.threads = int(threads or torch.get_num_threads())
+        self.session = self._session()
+
+    def _session(self):
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            buf.getvalue(), options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+
+    def __getstate__(self) -> dict:
+        # an InferenceSession cannot be pickled: a model sent to Dask workers carries the
+        # exported graph and each worker opens its own session from it
+        return {"multiple": self.multiple, "graph": self.graph, "threads": self.threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.session = self._session()
 
     def accepts(self, x: torch.Tensor) -> bool:
         """Whether ``x``'s spatial size is on the pooling grid (the exported graph)."""

@@ -268,8 +268,8 @@ def _worker_model(job: EmbedJob, model):
     if model is None:
         from comir.embed import load_model
 
-        run, device, precision, compile_ = job.model_key
-        model = load_model(run, device=device, precision=precision)
+        run, device, precision, compile_, runtime = job.model_key
+        model = load_model(run, device=device, precision=precision, runtime=runtime)
         model.compile = compile_
         _MODELS[job.model_key] = model
     return model
@@ -286,8 +286,9 @@ def _embed_on_worker(job: EmbedJob, model=None) -> str:
 
 
 def _model_key(model) -> tuple | None:
-    """How a worker loads ``model`` itself: its run folder, device and precision; ``None``
-    when the model has no run folder (it is then sent to every worker)."""
+    """How a worker loads ``model`` itself: its run folder, device, precision, compile flag
+    and runtime; ``None`` when the model has no run folder (it is then sent to every
+    worker, pickled: an ONNX session travels as its exported graph, :mod:`comir.ort`)."""
     from comir.embed import _resolve_run
 
     name = getattr(model, "name", None)
@@ -298,7 +299,9 @@ def _model_key(model) -> tuple | None:
     if run is None or not (Path(run) / "config.json").is_file():
         return None
     device = str(getattr(model, "device", "cpu"))
-    return (str(name), device, getattr(model, "precision", "fp32"), bool(model.compile))
+    precision = getattr(model, "precision", "fp32")
+    runtime = getattr(model, "runtime", "torch")
+    return (str(name), device, precision, bool(model.compile), runtime)
 
 
 def embed_paths(model, jobs: list[tuple[Path, Path]], settings: dict, scheduler: Any,
