@@ -178,3 +178,14 @@ def test_cli_deformable_registered_slide_matches_the_fixed_better(tmp_path, caps
     inside[:16], inside[-16:], inside[:, :16], inside[:, -16:] = False, False, False, False
     ncc = lambda a: np.corrcoef(a[inside], f[inside])[0, 1]  # noqa: E731
     assert ncc(reg) > 0.97 and ncc(reg) > ncc(aff) + 0.05
+
+
+def test_confidence_is_one_in_texture_and_zero_in_empty_background(textured):
+    from comir.slide.deform import confidence
+
+    img = textured((200, 240), seed=4, sigma=2).astype(np.float32)
+    img[:, 120:] = 0  # right half: empty background
+    c = confidence(img, sigma=8.0)
+    assert c.shape == (200, 240) and 0 <= c.min() and c.max() <= 1
+    assert c[20:-20, 10:90].min() > 0.95 and c[:, 170:].max() < 0.05
+    assert np.abs(np.diff(c, axis=1)).max() < 0.1  # smooth: no step at the tissue edge

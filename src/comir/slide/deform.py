@@ -19,6 +19,9 @@ level-0 fixed pixels, with ``w_r`` a product of per-axis weights that ramp from 
 ramps sum to exactly 1 (``s(t) + s(1 − t) = 1``), so the weights are a partition of unity
 and the stitched field has no seam; a region left out (no texture, or no gain over the
 affine map) contributes zero displacement with its weight, which keeps the blend smooth.
+Inside a region the displacement is multiplied by a smooth :func:`confidence` map (local
+texture energy of the fixed region): in empty background the data say nothing and the
+optimiser drifts, so there the field falls back to the affine map.
 Memory is bounded by one region (its two images and the optimiser's copies) plus the node
 grid (``step`` level pixels apart).
 """
@@ -214,6 +217,27 @@ def _ncc(fixed: np.ndarray, moving: np.ndarray, transform) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def confidence(image: np.ndarray, sigma: float = 16.0) -> np.ndarray:
+    """Where a region's displacement is backed by data: local texture energy, ``(h, w)``.
+
+    The band-pass energy ``G_σ * (g − G_2 * g)²`` of the grey image, divided by a tenth of
+    its 95th percentile, clipped to [0, 1] and smoothed again by ``G_σ`` (so it stays
+    smooth): 1 in tissue, 0 in empty background, where the optimiser only sees its
+    penalty (Adam moves such nodes at full step size) and the field is damped back to
+    the affine map.
+    """
+    import cv2
+
+    from comir.register import to_gray
+
+    g = to_gray(image).astype(np.float32)
+    hp = g - cv2.GaussianBlur(g, (0, 0), 2.0)
+    e = cv2.GaussianBlur(hp * hp, (0, 0), sigma)
+    ref = float(np.percentile(e, 95))
+    c = np.clip(e / (0.1 * ref), 0.0, 1.0) if ref > 0 else np.zeros_like(e)
+    return cv2.GaussianBlur(c, (0, 0), sigma)
+
+
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
@@ -242,7 +266,9 @@ def _refine_region(fixed, moving, level, mlevel, r, full, embed, opts: dict):
     if not (after >= before) or entry["folded_fraction"] > 1e-3:  # keep the affine map there
         return None, {**entry, "skipped": "no gain over the affine map"}
     entry["applied"] = True
-    return field.sample, entry
+    c = confidence(f_in, opts["refine"].get("grid_spacing", 16.0))
+    damped = DisplacementField.from_inverse(field.displacement * c[..., None])
+    return damped.sample, entry
 
 
 @contextmanager
