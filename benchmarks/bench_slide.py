@@ -128,9 +128,11 @@ def tissue_error(t, truth, size: int, seed: int = 0) -> tuple[float, int]:
     return float(err.mean()), int(keep.sum())
 
 
-def overview(fixed: Path, registered: Path, path: Path) -> None:
+def overview(fixed: Path, registered: Path, path: Path, baseline=None) -> None:
     """Fixed and registered pyramids read back: colour overlay at a ~800 px level and at
-    full resolution in a 400 px crop (green = fixed, magenta = registered, grey = agree)."""
+    full resolution in a 400 px crop (green = fixed, magenta = registered, grey = agree);
+    ``baseline=(moving_path, transform, label)`` adds the same crop of the moving slide
+    warped by ``transform`` (e.g. the affine stage alone) with the writer's tile warp."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,6 +140,7 @@ def overview(fixed: Path, registered: Path, path: Path) -> None:
 
     from comir.plot import colour_overlay, save_figure
     from comir.slide import open_slide
+    from comir.slide.writer import _tile_warp
 
     with open_slide(fixed) as f, open_slide(registered) as r:
         k = f.level_for(800)
@@ -148,10 +151,14 @@ def overview(fixed: Path, registered: Path, path: Path) -> None:
             f.read_region(0, y0, x0, 400, 400)[..., 0],
             r.read_region(0, y0, x0, 400, 400)[..., 0],
         )
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.8))
     panels = [(a, f"fixed, level {k} ({a.shape[1]}×{a.shape[0]})"),
               (colour_overlay(a, b), f"fixed vs registered, level {k}"),
               (colour_overlay(ca, cb), f"full resolution, 400 px at ({x0}, {y0})")]  # fmt: skip
+    if baseline is not None:
+        with open_slide(baseline[0]) as m:
+            cm = _tile_warp(m, baseline[1], y0, x0, 400, 400)[..., 0]
+        panels.append((colour_overlay(ca, cm), f"the same crop, {baseline[2]}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.8))
     for ax, (img, title) in zip(axes, panels):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
         ax.set_title(title, fontsize=9)
@@ -257,7 +264,9 @@ def main() -> None:
              notes=f"the affine stage of the same run; corner {ca:.3f} px, tissue {ta:.3f} px; "
              f"deformable stage {json.dumps(stage)}")  # fmt: skip
     if args.overview:
-        overview(fixed, work / "out" / "moving_registered.ome.tif", Path(args.overview))
+        base = None if args.transform != "deformable" else (moving, t.transforms[0],
+                                                            "affine stage only")  # fmt: skip
+        overview(fixed, work / "out" / "moving_registered.ome.tif", Path(args.overview), base)
     if not args.keep and args.dir is None:
         shutil.rmtree(work, ignore_errors=True)
 

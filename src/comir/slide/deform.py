@@ -147,14 +147,10 @@ class FieldBlend:
         self.scale = np.diag(self.lm)[:2]  # level-0 px per level px, (x, y)
         self.origin = F.apply_matrices(self.lm, np.zeros(2))
         self.spacing = self.scale * step
-        # nodes from the first pixel centre past the last one, in level-0 and level pixels
+        # nodes from the first pixel centre to past the last one; their level coordinates
         n = [math.ceil((full_shape[1 - k] - 1 - self.origin[k]) / self.spacing[k]) + 1
              for k in (0, 1)]  # fmt: skip
-        self.ux, self.uy = (
-            (self.origin[k] + self.spacing[k] * np.arange(max(n[k], 2)) - self.lm[k, 2])
-            / self.scale[k]
-            for k in (0, 1)
-        )
+        self.ux, self.uy = (step * np.arange(max(k, 2), dtype=float) for k in n)
         self.level_shape, self.margin = tuple(int(s) for s in level_shape[:2]), margin
         self.num = np.zeros((len(self.uy), len(self.ux), 2))
         self.den = np.zeros((len(self.uy), len(self.ux)))
