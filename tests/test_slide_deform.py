@@ -189,3 +189,32 @@ def test_confidence_is_one_in_texture_and_zero_in_empty_background(textured):
     assert c.shape == (200, 240) and 0 <= c.min() and c.max() <= 1
     assert c[20:-20, 10:90].min() > 0.95 and c[:, 170:].max() < 0.05
     assert np.abs(np.diff(c, axis=1)).max() < 0.1  # smooth: no step at the tissue edge
+
+
+def test_region_pair_reads_bounded_boxes_with_the_affine_in_region_pixels(tmp_path):
+    from comir.slide import open_slide
+    from comir.slide.deform import region_pair
+    from comir.transform import RigidTransform
+
+    fixed, moving, _ = make_slide_pair(tmp_path, size=512, tile=128)
+    a = RigidTransform.from_params(angle_deg=7.0, translation=(9.0, -5.0), center=(255.5, 255.5))
+    r = plan_regions((256, 256), 100, 16)[4]  # the middle region of level 1
+    pad = 16
+    with open_slide(fixed) as f, open_slide(moving) as m:
+        f_img, m_img, init = region_pair(f, m, 1, 1, r, a.matrix, pad)
+        rf, rm_level = f.level_matrix(1), m.level_matrix(1)
+        m_level = m.read_level(1)
+        assert f_img.shape[:2] == r.shape
+        np.testing.assert_array_equal(f_img, f.read_region(1, r.y0, r.x0, *r.shape))
+    # the box holds the rotated region plus the pad, nothing more
+    side = np.array(r.shape[::-1]) * (np.cos(np.radians(7)) + np.sin(np.radians(7)))
+    assert (np.array(m_img.shape[:2][::-1]) <= side + 2 * pad + 3).all()
+    # content: the box warped by init = the whole moving level warped by the level map, cropped
+    whole_level = np.linalg.inv(rf) @ a.matrix @ rm_level
+    ref = AffineTransform(whole_level).warp(m_level.astype(float), (256, 256))
+    ref = ref[r.y0 : r.y1, r.x0 : r.x1]
+    got = AffineTransform(init).warp(m_img.astype(float), r.shape)
+    inner = (slice(4, -4), slice(4, -4))
+    err = np.abs(got - ref)[inner].mean()
+    off = np.abs(got[:, 1:] - ref[:, :-1])[inner].mean()  # one pixel off
+    assert err < 0.001 * ref[inner].mean() and err < off / 100  # OpenCV's 1/32 px grid only
