@@ -150,10 +150,6 @@ def _to_full(t_level: np.ndarray, fixed: WorkImage, moving: WorkImage) -> np.nda
     return fixed.matrix @ t_level @ np.linalg.inv(moving.matrix)
 
 
-def _to_level(t_full: np.ndarray, fixed: WorkImage, moving: WorkImage) -> np.ndarray:
-    return np.linalg.inv(fixed.matrix) @ t_full @ moving.matrix
-
-
 def _embedder(model, fixed_modality: str, device: str):
     """``(model, embed, embed_patches)``: raw [0, 1] floats without a model, else CoMIRs."""
     if model is None:
