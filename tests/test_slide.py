@@ -273,19 +273,22 @@ def test_register_batch_slide_pairs_by_shard_resumable(tmp_path, capsys):
 
 
 def test_level_field_becomes_the_same_map_in_full_resolution(tmp_path, rgb):
-    from comir.slide.register import _field_to_full, read_at
+    from comir.slide.deform import FieldBlend, plan_regions
 
     path = write_ome_pyramid(
         tmp_path / "f.ome.tif", [rgb, np.rint(block_mean(rgb, 2)).astype(np.uint8)]
     )
     with open_slide(path) as s:
-        work = read_at(s, 2.0)
-    yy, xx = np.mgrid[0 : work.image.shape[0], 0 : work.image.shape[1]].astype(np.float32)
+        lf, shape = s.level_matrix(1), s.levels[1].shape[:2]
+        blend = FieldBlend(lf, shape, s.shape[:2], margin=8, step=2)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     v = np.stack([np.sin(xx / 40.0) * 3, np.cos(yy / 30.0) * 2], -1)  # smooth, level pixels
     level = CompositeTransform([AffineTransform(np.eye(3)), DisplacementField.from_inverse(v)])
-    full = _field_to_full(level, work)
+    (whole,) = plan_regions(shape, region=1024, margin=8)
+    blend.add(whole, level.transforms[-1].sample)
+    full = blend.field()
+    full.check_grid(rgb.shape[:2])  # spans level 0
     q = np.array([[40.0, 60.0], [200.0, 310.0], [333.0, 111.0]])  # fixed level points
-    lf = work.matrix
     expect = (lf[:2, :2] @ level.apply_inverse(q).T).T + lf[:2, 2]  # level map, then to level 0
     got = full.apply_inverse((lf[:2, :2] @ q.T).T + lf[:2, 2])
     np.testing.assert_allclose(got, expect, atol=0.05)

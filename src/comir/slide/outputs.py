@@ -58,7 +58,8 @@ def write_outputs(result, fixed: Slide, moving: Slide, f_work, m_work, out: Path
                moving=str(moving.path), fixed_shape=list(fixed.shape[:2]),
                moving_shape=list(moving.shape[:2]),
                **physical(t, center, fixed.pixel_size, moving.pixel_size),
-               levels=result.details.get("working_level"))  # fmt: skip
+               levels=result.details.get("working_level"),
+               **{k: result.details[k] for k in ("deformable",) if k in result.details})  # fmt: skip
         files = ["transform.json"]
         if hasattr(t, "matrix"):
             save_itk_tfm(t, tmp / "transform.tfm", center=center)

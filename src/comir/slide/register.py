@@ -11,12 +11,14 @@
 3. **refinement** — region by region on each finer level down to level 0
    (:func:`comir.slide.refine.refine_by_patches`: phase correlation of patches, rigid
    fits; with ``transform="affine"|"deformable"`` affine fits on the finest two levels);
-   **deformable** — :func:`comir.register.refine_deformable` on one level finer than the
-   working level, started from that affine map;
+   **deformable** — :func:`comir.slide.deform.refine_regions`: the fixed level of long
+   side ≤ ``refine_size`` cut into overlapping regions of bounded size, each refined by
+   :func:`comir.register.refine_deformable` from that affine map, the displacements
+   blended (partition of unity) into one field on level-0 fixed pixels;
 4. **full resolution** — every level image carries the matrix of its pixels to level-0
    pixels (:meth:`Slide.level_matrix`, :func:`comir.transform.functional.scale_matrix`),
    so a level result ``T`` becomes ``L_fixed ∘ T ∘ L_moving⁻¹`` in level-0 pixels; a
-   displacement field keeps its values, rescaled, on a full-resolution grid;
+   region's displacement is rescaled by the level's downsample onto a level-0 node grid;
 5. **outputs** — ``transform.json`` (full-resolution pixels; ``pixel_size_um`` and the
    translation in µm when the pixel size is known), ``transform.tfm`` and
    ``transform_ngff.json`` (matrix transforms), ``overlay.png`` at the working level and
@@ -37,7 +39,7 @@ import numpy as np
 
 from comir.errors import ComirError, warn
 from comir.slide.pyramid import Slide, open_slide
-from comir.transform import AffineTransform, CompositeTransform, DisplacementField, Transform
+from comir.transform import AffineTransform, Transform
 from comir.transform import functional as F
 from comir.transform.linear import RigidTransform, as_kind
 
@@ -48,6 +50,9 @@ MAX_SIZE = 1024
 #: Options of :func:`register_slides` that ``register_files`` hands over (slide mode).
 SLIDE_OPTIONS = ("max_size", "refine_size", "pixel_size", "model_pixel_size", "pixel_tolerance",
                  "compression", "write_registered", "progress")  # fmt: skip
+#: Default ``refine_size`` in units of ``max_size``: a 20 000² slide with the default
+#: ``max_size`` deforms at its 2 500² level.
+DEFORM_FACTOR = 4
 #: Relative pixel-size difference accepted between a level and its target.
 PIXEL_TOLERANCE = 0.1
 #: Working images above this many pixels are embedded in tiles (the default tile of
@@ -145,19 +150,6 @@ def _to_full(t_level: np.ndarray, fixed: WorkImage, moving: WorkImage) -> np.nda
     return fixed.matrix @ t_level @ np.linalg.inv(moving.matrix)
 
 
-def _to_level(t_full: np.ndarray, fixed: WorkImage, moving: WorkImage) -> np.ndarray:
-    return np.linalg.inv(fixed.matrix) @ t_full @ moving.matrix
-
-
-def _field_to_full(composite: CompositeTransform, fixed: WorkImage, step: int = 4):
-    """The level field of ``refine_deformable`` as a field on level-0 fixed pixels."""
-    field = composite.transforms[-1]
-    v = np.asarray(field.displacement)[::step, ::step]
-    scale = np.diag(fixed.matrix)[:2]  # (dx, dy) of the work image; no rotation part
-    origin = F.apply_matrices(fixed.matrix, np.zeros(2))
-    return DisplacementField.from_inverse(v * scale, tuple(origin), tuple(scale * step))
-
-
 def _embedder(model, fixed_modality: str, device: str):
     """``(model, embed, embed_patches)``: raw [0, 1] floats without a model, else CoMIRs."""
     if model is None:
@@ -216,32 +208,14 @@ def wants_slides(fixed: PathLike, moving: PathLike, options: dict) -> bool:
     return any(k in options for k in SLIDE_OPTIONS) or is_slide(fixed) or is_slide(moving)
 
 
-def _deformable(fixed, moving, full: np.ndarray, d_ref: float, embed):
-    """:func:`comir.register.refine_deformable` on the whole level ``d_ref``, started from
-    the affine ``full``; the result in level-0 pixels (affine, then field)."""
-    from comir.register import refine_deformable, to_gray
-
-    f_work = read_at(fixed, d_ref)
-    ratio = (
-        1.0
-        if fixed.pixel_size is None or moving.pixel_size is None
-        else fixed.pixel_size / moving.pixel_size
-    )
-    m_work = read_at(moving, d_ref * ratio)
-    f_in = embed(f_work.image, "fixed", str(fixed.path))
-    m_in = embed(m_work.image, "moving", str(moving.path))
-    if (f_in.shape[2] if f_in.ndim == 3 else 1) != (m_in.shape[2] if m_in.ndim == 3 else 1):
-        f_in, m_in = to_gray(f_in), to_gray(m_in)
-    init = AffineTransform(_to_level(full, f_work, m_work))
-    comp, ncc = refine_deformable(f_in, m_in, init, similarity="ncc")
-    out = CompositeTransform([AffineTransform(full), _field_to_full(comp, f_work)])
-    info = {"deformable_level": f_work.level, "deformable_shape": list(f_in.shape[:2]),
-            "folded_fraction": comp.transforms[-1].folded_fraction()}  # fmt: skip
-    return out, ncc, info
+def deform_level(fixed: Slide, max_size: int, refine_size: int | None) -> int:
+    """The fixed level of the deformable stage: the finest whose long side is at most
+    ``refine_size`` (default :data:`DEFORM_FACTOR` × ``max_size``)."""
+    return fixed.level_for(int(refine_size or DEFORM_FACTOR * max_size))
 
 
-def _refine(fixed, moving, full, f_work, transform, refine_size, max_size, embed, patch_embed):
-    """Patch refinement on finer levels (rigid, then affine), optional deformable stage."""
+def _refine(fixed, moving, full, f_work, transform, embed, patch_embed):
+    """Patch refinement on finer levels (rigid, then affine)."""
     from comir.slide.refine import N_PATCHES, patch_centres, refine_by_patches
 
     step = 2 if patch_embed is None else 4  # CoMIR patches cost a forward pass each
@@ -254,25 +228,37 @@ def _refine(fixed, moving, full, f_work, transform, refine_size, max_size, embed
     full, log2 = refine_by_patches(fixed, moving, full, centres, levels[cut:], patch_embed, affine)
     details = {"refinement": log + log2}
     final: Transform = as_kind(full, AffineTransform if affine else RigidTransform)
-    score = float("nan")
-    if transform == "deformable":
-        limit = int(refine_size or 2 * max_size)
-        d_ref = max(f_work.downsample / 2, max(fixed.shape[:2]) / limit)
-        final, score, more = _deformable(fixed, moving, full, d_ref, embed)
-        details.update(more)
-    return final, score, details
+    return final, details
+
+
+def _deform(fixed, moving, full: np.ndarray, level: int, embed, refine: dict, progress: bool):
+    """The region-by-region deformable stage (:func:`comir.slide.deform.refine_regions`):
+    ``(transform, score, details)``; the score is the area-weighted NCC of the regions."""
+    from comir.slide.deform import refine_regions
+
+    final, info = refine_regions(fixed, moving, full, level, embed, progress=progress, **refine)
+    done = [
+        e
+        for e in info["per_region"]
+        if e.get("ncc") is not None and e.get("ncc_affine") is not None
+    ]
+    area = np.array([e["box"][2] * e["box"][3] for e in done], float)
+    ncc = [max(e["ncc"], e["ncc_affine"]) for e in done]
+    score = float(np.average(ncc, weights=area)) if done else float("nan")
+    return final, score, {"deformable": info}
 
 
 class _Stages:
     """One tqdm bar over the stages of :func:`register_slides` and the seconds of each."""
 
-    NAMES = ("read", "embed", "global", "refine", "write")
+    NAMES = ("read", "embed", "global", "refine", "deform", "write")
 
-    def __init__(self, progress: bool, t0: float) -> None:
+    def __init__(self, progress: bool, t0: float, deform: bool = False) -> None:
         from comir.batch import progress_bar
 
         self.t0, self.seconds = t0, {}
-        self.bar = progress_bar(len(self.NAMES), "register slides", progress, unit="stage")
+        n = len(self.NAMES) - (not deform)
+        self.bar = progress_bar(n, "register slides", progress, unit="stage")
 
     def __call__(self, name: str) -> None:
         spent = time.perf_counter() - self.t0 - sum(self.seconds.values())
@@ -324,8 +310,9 @@ def register_slides(
     max_size : int, optional
         Long side (px) of the fixed working level of the global search (:data:`MAX_SIZE`).
     refine_size : int, optional
-        Long side up to which affine/deformable refinement moves one level finer
-        (default ``2 * max_size``).
+        ``transform="deformable"``: the deformable stage runs region by region on the
+        finest fixed level whose long side is at most this (default
+        :data:`DEFORM_FACTOR` × ``max_size``; :mod:`comir.slide.deform`).
     pixel_size : float or (float, float), optional
         Level-0 pixel size (µm) of both slides, or ``(fixed, moving)``; overrides metadata.
     model_pixel_size : float, optional
@@ -338,7 +325,9 @@ def register_slides(
     progress : bool
         tqdm bars per stage.
     **options
-        Back-end options.
+        Back-end options; ``refine`` (dict): options of
+        :func:`comir.slide.deform.refine_regions` (``region``, ``margin``, ``step``) and of
+        :func:`comir.register.refine_deformable` (``grid_spacing``, ``smoothness``, ...).
 
     Returns
     -------
@@ -357,7 +346,10 @@ def register_slides(
         raise ComirError(f"--max-size {max_size}: give at least 64 px")
     px = pixel_size if isinstance(pixel_size, tuple | list) else (pixel_size, pixel_size)
     t0 = time.perf_counter()
-    stage = _Stages(progress, t0)
+    refine = dict(options.pop("refine", None) or {})
+    if refine and transform != "deformable":
+        raise ComirError(f"refine options {sorted(refine)} need transform='deformable'")
+    stage = _Stages(progress, t0, transform == "deformable")
     seconds, bar = stage.seconds, stage.bar
     try:
         with open_slide(fixed_path, px[0]) as fixed, open_slide(moving_path, px[1]) as moving:
@@ -380,11 +372,17 @@ def register_slides(
                 return FileRegistration(res, center)
             full = _to_full(res.transform.matrix, f_work, m_work)
             details = {**res.details, "rigid_score": res.score, **_working_details(f_work, m_work)}
-            final, score, more = _refine(fixed, moving, full, f_work, transform, refine_size,
-                                         int(max_size), embed, patch_embed)  # fmt: skip
+            final, more = _refine(fixed, moving, full, f_work, transform, embed, patch_embed)
             details.update(more)
-            score = res.score if not math.isfinite(score) else score
             stage("refine")
+            score = res.score
+            if transform == "deformable":
+                level = deform_level(fixed, int(max_size), refine_size)
+                final, ncc, more = _deform(fixed, moving, final.matrix, level, embed, refine,
+                                           progress)  # fmt: skip
+                details.update(more)
+                score = ncc if math.isfinite(ncc) else score
+                stage("deform")
             result = type(res)(final, score, time.perf_counter() - t0, "ok", res.method, details)
             out = write_outputs(result, fixed, moving, f_work, m_work, Path(out_dir), dict(
                 method=method, model=model, center=center, compression=compression,

@@ -8,6 +8,13 @@ slide is that texture; the moving slide samples the same texture at ``T(p)`` for
 pixels ``p``, so warping it by ``T`` (moving → fixed, :mod:`comir.transform`) reproduces the
 fixed one where both are defined. Both are written tile row by tile row as pyramidal
 OME-TIFF (:func:`comir.slide.write_pyramid`).
+
+With ``deform_px > 0`` the motion is the rigid map followed by a smooth deformation,
+``T(p) = R(p) + u(R(p))`` (:class:`SmoothDeformation`: two seeded low-frequency plane
+waves in the fixed frame); each moving pixel then samples the texture at its own ``T(p)``
+(one bilinear interpolation per tile, :func:`cv2.remap`), and :class:`SlideTruth` gives
+the true position of any point both ways (the fixed → moving direction inverts ``u`` by
+fixed-point iteration, :func:`comir.transform.field.invert_displacement`).
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from comir.transform import RigidTransform, Transform
+from comir.errors import ComirError
+from comir.transform import MatrixTransform, RigidTransform, Transform
 
 PathLike = str | os.PathLike
 
@@ -79,6 +87,73 @@ class SlideTexture:
         return (out * m).astype(self.base.dtype)
 
 
+@dataclass(frozen=True)
+class SmoothDeformation:
+    """A smooth displacement ``u(q)`` of fixed level-0 points: a sum of two plane waves.
+
+    Mode ``k`` displaces along the unit vector ``e_k`` by ``a sin(2π n_k·(q − c) / λ_k
+    + φ_k)`` with ``a = amplitude / 2`` (so ``|u| ≤ amplitude``), wave direction ``n_k``,
+    wavelength ``λ_k`` (``scale`` × U(0.8, 1.25)), phase ``φ_k`` and ``e_k`` drawn from
+    ``seed``; ``c`` is the slide centre.
+    """
+
+    amplitude: float
+    scale: float
+    center: tuple[float, float]
+    seed: int = 0
+
+    def _modes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, 7919])
+        ang = rng.uniform(0, 2 * np.pi, (2, 2))  # wave direction, displacement direction
+        lam = self.scale * rng.uniform(0.8, 1.25, 2)
+        waves = np.stack([np.cos(ang[:, 0]), np.sin(ang[:, 0])], -1) * (2 * np.pi / lam)[:, None]
+        dirs = np.stack([np.cos(ang[:, 1]), np.sin(ang[:, 1])], -1) * (self.amplitude / 2)
+        return waves, dirs, rng.uniform(0, 2 * np.pi, 2)
+
+    @property
+    def lipschitz(self) -> float:
+        """An upper bound of ``|∂u/∂q|`` (the inversion contracts below 1)."""
+        waves, dirs, _ = self._modes()
+        return float((np.linalg.norm(waves, axis=1) * np.linalg.norm(dirs, axis=1)).sum())
+
+    def __call__(self, q: np.ndarray) -> np.ndarray:
+        """``u(q)`` for points ``(..., 2)`` (x, y), same shape."""
+        waves, dirs, phase = self._modes()
+        p = np.asarray(q, float) - np.asarray(self.center)
+        out = np.zeros(p.shape, float)
+        for k in range(len(phase)):
+            out += np.sin(p @ waves[k] + phase[k])[..., None] * dirs[k]
+        return out
+
+
+class SlideTruth(Transform):
+    """The true moving → fixed map of a deformed pair: ``T(p) = R(p) + u(R(p))``.
+
+    ``apply`` is exact; ``apply_inverse`` solves ``q' + u(q') = q`` by fixed-point
+    iteration (:func:`comir.transform.field.invert_displacement`, converges because
+    ``u``'s Lipschitz bound is below 1) and returns ``R⁻¹(q')``.
+    """
+
+    kind = "synthetic"
+
+    def __init__(self, rigid: MatrixTransform, deformation: SmoothDeformation) -> None:
+        self.rigid, self.deformation = rigid, deformation
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        q = self.rigid.apply(points)
+        return q + self.deformation(q)
+
+    def apply_inverse(self, points: np.ndarray) -> np.ndarray:
+        from comir.transform.field import invert_displacement
+
+        return self.rigid.apply_inverse(invert_displacement(self.deformation, points))
+
+    def to_dict(self) -> dict:
+        d = self.deformation
+        return {"type": self.kind, "rigid": self.rigid.to_dict(), "amplitude": d.amplitude,
+                "scale": d.scale, "center": list(d.center), "seed": d.seed}  # fmt: skip
+
+
 def _rows_writer(texture: SlideTexture, transform: Transform | None, tile: int):
     """``read_rows(r0, r1)`` of the slide whose pixel ``p`` shows the texture at ``T(p)``:
     the texture itself, or per tile its bounding region warped (one interpolation)."""
@@ -88,6 +163,8 @@ def _rows_writer(texture: SlideTexture, transform: Transform | None, tile: int):
     w = texture.size[1]
 
     def tile_at(r0: int, c0: int, th: int, tw: int) -> np.ndarray:
+        if not isinstance(transform, MatrixTransform):
+            return _deformed_tile(texture, transform, r0, c0, th, tw)
         corners = np.array([[c0, r0], [c0 + tw, r0], [c0, r0 + th], [c0 + tw, r0 + th]], float)
         q = transform.apply(corners - 0.5)
         lo, hi = np.floor(q.min(0)).astype(int) - 2, np.ceil(q.max(0)).astype(int) + 3
@@ -108,6 +185,17 @@ def _rows_writer(texture: SlideTexture, transform: Transform | None, tile: int):
     return read_rows
 
 
+def _deformed_tile(texture: SlideTexture, transform: Transform, r0, c0, th, tw) -> np.ndarray:
+    """Moving tile ``[r0, r0 + th) × [c0, c0 + tw)``: the texture at ``T(p)`` of each pixel."""
+    from comir.slide.writer import _remap
+
+    yy, xx = np.mgrid[r0 : r0 + th, c0 : c0 + tw].astype(float)
+    q = transform.apply(np.stack([xx, yy], -1))
+    lo, hi = np.floor(q.min((0, 1))).astype(int) - 2, np.ceil(q.max((0, 1))).astype(int) + 3
+    reg = texture.region(int(lo[1]), int(lo[0]), int(hi[1] - lo[1]), int(hi[0] - lo[0]))
+    return _remap(reg, q - lo, np.ones((th, tw), bool), texture.base.dtype)
+
+
 def slide_motion(
     size: int, angle_deg: float = 4.0, translation: tuple[float, float] = (310.0, -170.0)
 ) -> RigidTransform:
@@ -120,6 +208,38 @@ def slide_motion(
                                       center=image_center((size, size)))  # fmt: skip
 
 
+def slide_truth(
+    size: int,
+    angle_deg: float = 4.0,
+    translation: tuple[float, float] = (310.0, -170.0),
+    deform_px: float = 0.0,
+    deform_scale: float | None = None,
+    seed: int = 0,
+) -> Transform:
+    """The known motion of :func:`make_slide_pair`: :func:`slide_motion`, followed by a
+    :class:`SmoothDeformation` of at most ``deform_px`` px (wavelength ``deform_scale``,
+    default ``size / 3``) when ``deform_px > 0`` (then a :class:`SlideTruth`).
+
+    Raises
+    ------
+    ComirError
+        A deformation so strong or short that it could fold (Lipschitz bound ≥ 0.5).
+    """
+    from comir.transform import image_center
+
+    rigid = slide_motion(size, angle_deg, translation)
+    if not deform_px:
+        return rigid
+    scale = float(deform_scale or size / 3)
+    u = SmoothDeformation(float(deform_px), scale, tuple(image_center((size, size))), seed)
+    if not u.lipschitz < 0.5:
+        raise ComirError(
+            f"deform_px={deform_px:g}, deform_scale={scale:g}: the deformation could fold "
+            f"(gradient bound {u.lipschitz:.2f} ≥ 0.5); lower deform_px or raise deform_scale"
+        )
+    return SlideTruth(rigid, u)
+
+
 def make_slide_pair(
     out_dir: PathLike,
     size: int = 20000,
@@ -129,7 +249,9 @@ def make_slide_pair(
     seed: int = 0,
     tile: int = 512,
     pixel_size: float = 0.5,
-) -> tuple[Path, Path, RigidTransform]:
+    deform_px: float = 0.0,
+    deform_scale: float | None = None,
+) -> tuple[Path, Path, Transform]:
     """Write ``fixed.ome.tif`` and ``moving.ome.tif`` (``size × size``) with a known motion.
 
     Parameters
@@ -147,11 +269,15 @@ def make_slide_pair(
         Tile of the written pyramids.
     pixel_size : float
         µm per pixel written to the OME metadata.
+    deform_px, deform_scale : float
+        Amplitude (level-0 px, at most) and wavelength (default ``size / 3``) of a smooth
+        deformation after the rigid motion (:func:`slide_truth`); 0: rigid only.
 
     Returns
     -------
     fixed_path, moving_path, transform
-        ``transform`` maps moving level-0 pixels to fixed level-0 pixels.
+        ``transform`` maps moving level-0 pixels to fixed level-0 pixels: a
+        :class:`~comir.transform.RigidTransform`, or a :class:`SlideTruth` when deformed.
     """
     from comir import samples
     from comir.io import read_image
@@ -159,7 +285,7 @@ def make_slide_pair(
 
     base = read_image(samples.sample_path(sample))
     texture = SlideTexture(np.asarray(base), (size, size), seed)
-    t = slide_motion(size, angle_deg, translation)
+    t = slide_truth(size, angle_deg, translation, deform_px, deform_scale, seed)
     out = Path(out_dir)
     shape = (size, size, *np.shape(base)[2:])
     dtype = np.asarray(base).dtype
