@@ -218,3 +218,36 @@ def test_region_pair_reads_bounded_boxes_with_the_affine_in_region_pixels(tmp_pa
     err = np.abs(got - ref)[inner].mean()
     off = np.abs(got[:, 1:] - ref[:, :-1])[inner].mean()  # one pixel off
     assert err < 0.001 * ref[inner].mean() and err < off / 100  # OpenCV's 1/32 px grid only
+
+
+# ---------------------------------------------------------------------------- warping a tile
+def _composite(noise: float = 0.0):
+    from comir.transform import CompositeTransform, DisplacementField
+
+    yy, xx = np.mgrid[0:40, 0:40]
+    v = np.stack([20 * np.sin(xx / 9.0) * np.cos(yy / 7.0), 15 * np.cos(xx / 11.0 + yy / 13.0)], -1)
+    v = v + noise * np.random.default_rng(0).standard_normal(v.shape)
+    affine = F.rigid_matrices(np.array([0.07]), np.array([[31.0, -17.0]]), np.array([600.0, 600.0]))
+    return CompositeTransform([AffineTransform(affine[0]),
+                               DisplacementField.from_inverse(v, (0.0, 0.0), (32.0, 32.0))])  # fmt: skip
+
+
+def test_pullback_map_of_a_smooth_field_is_the_exact_map_within_a_twentieth_px():
+    from comir.slide.writer import pullback_map
+
+    t = _composite()
+    for r0, c0, th, tw in ((0, 0, 512, 512), (700, 300, 300, 512), (100, 900, 37, 5)):
+        yy, xx = np.mgrid[r0 : r0 + th, c0 : c0 + tw].astype(float)
+        exact = t.apply_inverse(np.stack([xx, yy], -1))  # every pixel, independently
+        fast = pullback_map(t, r0, c0, th, tw)
+        assert fast.shape == (th, tw, 2)
+        assert np.abs(fast - exact).max() < 0.05
+
+
+def test_pullback_map_falls_back_to_every_pixel_where_the_lattice_is_off():
+    from comir.slide.writer import pullback_map
+
+    t = _composite(noise=3.0)  # node-to-node jumps: linear in between is visibly wrong
+    yy, xx = np.mgrid[64:576, 64:576].astype(float)
+    np.testing.assert_array_equal(pullback_map(t, 64, 64, 512, 512),
+                                  t.apply_inverse(np.stack([xx, yy], -1)))  # fmt: skip

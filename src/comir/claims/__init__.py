@@ -80,6 +80,7 @@ def run_claims(
         "section_seconds": seconds,
         "train_seconds": trained,
         "cpus": os.cpu_count(),
+        "torch_threads": _torch_threads(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     return _write(out, results, meta)
@@ -131,13 +132,25 @@ def _write(out: Path, results: dict, meta: dict) -> Path:
     return path
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _threads(meta: dict) -> str:
+    n = meta.get("torch_threads")
+    return "" if n is None else f", {n} torch thread{'s' if n != 1 else ''}"
+
+
 def _header(meta: dict) -> str:
     trains = ", ".join(f"{k} {v:.0f} s" for k, v in meta["train_seconds"].items())
     return "\n\n".join([
         "# The CoMIR paper's claims, measured",
         "<!-- written by scripts/paper_claims.py; do not edit by hand -->",
         f"Written by `{meta['command']}` in {meta['seconds']:.0f} s on {meta['cpus']} CPU "
-        f"cores (load average {', '.join(map(str, meta['load_average']))} at the end). "
+        f"cores{_threads(meta)} (load average {', '.join(map(str, meta['load_average']))} "
+        "at the end). "
         f"Trainings: {meta['budget']}; Sentinel-2 RGB (A) / NIR (B) left half for training, "
         "evaluation pairs (levels 1–4, public protocol of Lu et al. 2022, success = corner "
         "error ≤ 2 % of the patch width, moving B onto fixed A) from the right half. "

@@ -9,8 +9,9 @@ when complete (:func:`comir.io.atomic_path`; an OME-Zarr folder is written under
 temporary name and renamed).
 
 :func:`warp_slide` is the one interpolation from the original pixels: for each output
-tile it maps the tile's corners (matrix transforms) or every pixel (any other transform)
-back into the moving slide, reads only that bounding region of level 0 and resamples it
+tile it maps the tile's corners (matrix transforms) or every pixel (any other transform;
+:func:`pullback_map`, a checked lattice interpolation for smooth maps) back into the moving
+slide, reads only that bounding region of level 0 and resamples it
 (OpenCV ``warpAffine`` / ``remap``, bilinear). :func:`write_comir_slide` writes the CoMIR of
 a big slide level the same way.
 """
@@ -299,11 +300,9 @@ def _tile_warp(slide, transform: Transform, r0: int, c0: int, th: int, tw: int) 
     matrix = isinstance(transform, MatrixTransform)
     if matrix:
         ys, xs = np.array([r0 - 0.5, r0 + th - 0.5]), np.array([c0 - 0.5, c0 + tw - 0.5])
-        pts = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+        src = transform.apply_inverse(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
     else:
-        yy, xx = np.mgrid[r0 : r0 + th, c0 : c0 + tw].astype(float)
-        pts = np.stack([xx, yy], -1)
-    src = transform.apply_inverse(pts)
+        src = pullback_map(transform, r0, c0, th, tw)
     ok = np.isfinite(src).all(axis=-1)
     h, w = slide.shape[:2]
     if not ok.any():
@@ -318,6 +317,54 @@ def _tile_warp(slide, transform: Transform, r0: int, c0: int, th: int, tw: int) 
         local = F.translation_matrix((-c0, -r0)) @ transform.matrix @ F.translation_matrix(lo)
         return AffineTransform(local).warp(region, (th, tw))
     return _remap(region, src - lo, ok, slide.dtype)
+
+
+def _lattice(n: int, step: int) -> np.ndarray:
+    """Evenly spaced positions ``0 … n − 1`` at most ``step`` apart (both ends included)."""
+    return np.linspace(0.0, n - 1.0, max(2, -(-(n - 1) // step) + 1))
+
+
+def pullback_map(
+    transform: Transform, r0: int, c0: int, th: int, tw: int, step: int = 8, tol: float = 0.05
+) -> np.ndarray:
+    """``transform.apply_inverse`` of every pixel of a tile, ``(th, tw, 2)`` (x, y).
+
+    A smooth map (an affine part and a displacement field on a grid of tens of pixels) is
+    evaluated on a lattice at most ``step`` px apart and interpolated linearly in between
+    (separably). The lattice is checked on the cell centres, the
+    worst place for linear interpolation: where any of them is off by more than ``tol`` px,
+    or not finite, every pixel is mapped exactly.
+    """
+    ky, kx = _lattice(th, step), _lattice(tw, step)
+    if len(ky) * len(kx) * 4 >= th * tw:  # a tiny tile: exact is as cheap
+        return _exact_map(transform, r0, c0, th, tw)
+    knots = transform.apply_inverse(np.stack(np.meshgrid(c0 + kx, r0 + ky), -1))
+    my, mx = (ky[1:] + ky[:-1]) / 2, (kx[1:] + kx[:-1]) / 2
+    mids = transform.apply_inverse(np.stack(np.meshgrid(c0 + mx, r0 + my), -1))
+    err = np.abs(_interpolate(knots, ky, kx, my, mx) - mids)
+    if not (np.isfinite(knots).all() and np.isfinite(err).all() and err.max() <= tol):
+        return _exact_map(transform, r0, c0, th, tw)
+    return _interpolate(knots, ky, kx, np.arange(th, dtype=float), np.arange(tw, dtype=float))
+
+
+def _interpolate(knots: np.ndarray, ky, kx, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Lattice values ``knots`` ``(Ky, Kx, C)`` at rows ``ky`` / columns ``kx``, linearly
+    interpolated at rows ``y`` × columns ``x`` -> ``(len(y), len(x), C)``."""
+    i, fy = _cell(ky, y)
+    rows = knots[i] * (1.0 - fy)[:, None, None] + knots[i + 1] * fy[:, None, None]
+    j, fx = _cell(kx, x)
+    return rows[:, j] * (1.0 - fx)[None, :, None] + rows[:, j + 1] * fx[None, :, None]
+
+
+def _cell(knots: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the knot interval holding each ``x`` and the fraction across it."""
+    k = np.clip(np.searchsorted(knots, x, side="right") - 1, 0, len(knots) - 2)
+    return k, (x - knots[k]) / (knots[k + 1] - knots[k])
+
+
+def _exact_map(transform: Transform, r0: int, c0: int, th: int, tw: int) -> np.ndarray:
+    yy, xx = np.mgrid[r0 : r0 + th, c0 : c0 + tw].astype(float)
+    return transform.apply_inverse(np.stack([xx, yy], -1))
 
 
 def _remap(region: np.ndarray, coords: np.ndarray, ok: np.ndarray, dtype) -> np.ndarray:
