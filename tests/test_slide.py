@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -341,3 +342,20 @@ def test_affine_slides_fit_an_affine_on_the_finest_levels(tmp_path):
     assert _corner_error(out.transform, truth, 800) < 1.0
     steps = out.result.details["refinement"]
     assert [s["level"] for s in steps] == [1, 0] and all(s["applied"] for s in steps)
+
+
+def test_deform_level_follows_the_model_pixel_size(tmp_path, rgb):
+    from comir.errors import ComirWarning
+    from comir.slide.register import deform_level
+
+    g = rgb[..., 0]
+    levels = [g, g[::2, ::2], g[::4, ::4], g[::8, ::8]]  # 1000, 500, 250, 125 px; 0.25 µm
+    write_ome_pyramid(tmp_path / "s.ome.tif", levels, tile=128, pixel_size=0.25)
+    with open_slide(tmp_path / "s.ome.tif") as s, warnings.catch_warnings():
+        warnings.simplefilter("error", ComirWarning)
+        assert deform_level(s, 64, None) == 2  # no model: 4 × max-size = 256 px → 250
+        assert deform_level(s, 64, None, model_px=0.5) == 1  # the model's 0.5 µm level
+        assert deform_level(s, 64, None, model_px=1.05) == 2  # within 10 % of 1.0 µm
+        assert deform_level(s, 64, 600, model_px=0.5) == 1  # an explicit size that agrees
+        with pytest.warns(ComirWarning, match=r"level 3 \(2 µm.*refine_size=500"):
+            assert deform_level(s, 64, 200, model_px=0.5) == 3

@@ -208,10 +208,30 @@ def wants_slides(fixed: PathLike, moving: PathLike, options: dict) -> bool:
     return any(k in options for k in SLIDE_OPTIONS) or is_slide(fixed) or is_slide(moving)
 
 
-def deform_level(fixed: Slide, max_size: int, refine_size: int | None) -> int:
-    """The fixed level of the deformable stage: the finest whose long side is at most
-    ``refine_size`` (default :data:`DEFORM_FACTOR` × ``max_size``)."""
-    return fixed.level_for(int(refine_size or DEFORM_FACTOR * max_size))
+def deform_level(
+    fixed: Slide,
+    max_size: int,
+    refine_size: int | None,
+    model_px: float | None = None,
+    tol: float = PIXEL_TOLERANCE,
+) -> int:
+    """The fixed level of the deformable stage: with a model of known pixel size (and no
+    ``refine_size``) the level of that pixel size, else the finest level whose long side is
+    at most ``refine_size`` (default :data:`DEFORM_FACTOR` × ``max_size``). A level whose
+    pixel size is off the model's beyond ``tol`` gets a one-line warning."""
+    matched = None  # long side of the fixed slide at the model's pixel size
+    if model_px is not None and fixed.pixel_size:
+        matched = max(fixed.shape[:2]) * fixed.pixel_size / model_px
+    if refine_size is None and matched is not None:
+        level = fixed.level_for(int(matched * (1 + tol)))
+    else:
+        level = fixed.level_for(int(refine_size or DEFORM_FACTOR * max_size))
+    got = fixed.level_pixel_size(level)
+    if matched is not None and got is not None and abs(got / model_px - 1) > tol:
+        warn(f"{fixed.path}: the deformable stage embeds level {level} ({got:g} µm pixels), "
+             f"not the model's {model_px:g} µm; --option refine_size={round(matched)} "
+             "picks the matching level")  # fmt: skip
+    return level
 
 
 def _refine(fixed, moving, full, f_work, transform, embed, patch_embed):
@@ -377,7 +397,8 @@ def register_slides(
             stage("refine")
             score = res.score
             if transform == "deformable":
-                level = deform_level(fixed, int(max_size), refine_size)
+                level = deform_level(fixed, int(max_size), refine_size, model_px,
+                                     pixel_tolerance)  # fmt: skip
                 final, ncc, more = _deform(fixed, moving, final.matrix, level, embed, refine,
                                            progress)  # fmt: skip
                 details.update(more)
