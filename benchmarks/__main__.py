@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks            # all bench_*.py scripts
     python -m benchmarks loss data  # only bench_loss.py and bench_data*.py
+    python -m benchmarks --ingest bench_slide lines.jsonl  # add a by-hand run's lines
 
 Each ``benchmarks/bench_*.py`` script runs in its own process and prints one JSON line per
 figure: ``{"name", "value", "unit", "baseline", "ratio", ...}`` where ``baseline`` is the
@@ -80,7 +81,31 @@ def render_markdown(saved: dict) -> str:
     return "\n".join(lines)
 
 
+def ingest(stem: str, path: str) -> int:
+    """Add the JSON lines of ``path`` (a script run by hand with its own arguments, e.g.
+    ``bench_slide.py --transform deformable``) to ``stem``'s section; a row of the same
+    name is replaced, other rows are kept."""
+    lines = [json.loads(x) for x in Path(path).read_text().splitlines() if x.startswith("{")]
+    store = HERE / "results.json"
+    saved = json.loads(store.read_text()) if store.exists() else {}
+    names = {r["name"] for r in lines}
+    old = [r for r in saved.get(stem, {}).get("rows", []) if r["name"] not in names]
+    saved[stem] = {
+        "date": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "machine": machine_description(),
+        "rows": old + lines,
+    }
+    store.write_text(json.dumps(saved, indent=1) + "\n")
+    (HERE / "results.md").write_text(render_markdown(saved))
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--ingest"]:
+        if len(argv) != 3:
+            print("usage: python -m benchmarks --ingest bench_NAME LINES_FILE", file=sys.stderr)
+            return 2
+        return ingest(argv[1], argv[2])
     scripts = sorted(HERE.glob("bench_*.py"))
     if argv:
         scripts = [s for s in scripts if any(s.stem.startswith(f"bench_{a}") for a in argv)]
