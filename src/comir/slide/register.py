@@ -354,10 +354,7 @@ def register_slides(
     comir.register.files.FileRegistration
         ``result.details`` holds the levels, shapes, pixel sizes and seconds per stage.
     """
-    from comir.register import TRANSFORMS, register
-    from comir.register.files import FileRegistration, _read_landmarks
-    from comir.slide.outputs import write_outputs
-    from comir.transform import image_center
+    from comir.register import TRANSFORMS
 
     if transform not in TRANSFORMS:
         raise ComirError(f"transform={transform!r}: choose one of {', '.join(TRANSFORMS)}")
@@ -365,54 +362,65 @@ def register_slides(
     if not int(max_size) >= 64:
         raise ComirError(f"--max-size {max_size}: give at least 64 px")
     px = pixel_size if isinstance(pixel_size, tuple | list) else (pixel_size, pixel_size)
-    t0 = time.perf_counter()
     refine = dict(options.pop("refine", None) or {})
     if refine and transform != "deformable":
         raise ComirError(f"refine options {sorted(refine)} need transform='deformable'")
-    stage = _Stages(progress, t0, transform == "deformable")
-    seconds, bar = stage.seconds, stage.bar
+    stage = _Stages(progress, time.perf_counter(), transform == "deformable")
+    settings = dict(
+        method=method, model=model, fixed_modality=fixed_modality, device=device,
+        landmarks=landmarks, transform=transform, max_size=int(max_size),
+        refine_size=refine_size, model_pixel_size=model_pixel_size, tol=pixel_tolerance,
+        compression=compression, write_registered=write_registered, progress=progress,
+        refine=refine, options=options,
+    )  # fmt: skip
     try:
         with open_slide(fixed_path, px[0]) as fixed, open_slide(moving_path, px[1]) as moving:
-            points = _read_landmarks(landmarks, fixed.shape, moving.shape)
-            mdl, embed, patch_embed = _embedder(model, fixed_modality, device)
-            model_px = _model_pixel_size(mdl, model_pixel_size)
-            d_f, d_m = working_downsamples(fixed, moving, int(max_size), model_px, pixel_tolerance)
-            f_work, m_work = (
-                read_at(fixed, d_f, pixel_tolerance),
-                read_at(moving, d_m, pixel_tolerance),
-            )
-            stage("read")
-            f_in = embed(f_work.image, "fixed", str(fixed.path))
-            m_in = embed(m_work.image, "moving", str(moving.path))
-            stage("embed")
-            res = register(f_in, m_in, method=method, **options)
-            stage("global")
-            center = image_center(moving.shape)
-            if not res.ok:
-                return FileRegistration(res, center)
-            full = _to_full(res.transform.matrix, f_work, m_work)
-            details = {**res.details, "rigid_score": res.score, **_working_details(f_work, m_work)}
-            final, more = _refine(fixed, moving, full, f_work, transform, embed, patch_embed)
-            details.update(more)
-            stage("refine")
-            score = res.score
-            if transform == "deformable":
-                level = deform_level(fixed, int(max_size), refine_size, model_px,
-                                     pixel_tolerance)  # fmt: skip
-                final, ncc, more = _deform(fixed, moving, final.matrix, level, embed, refine,
-                                           progress)  # fmt: skip
-                details.update(more)
-                score = ncc if math.isfinite(ncc) else score
-                stage("deform")
-            result = type(res)(final, score, time.perf_counter() - t0, "ok", res.method, details)
-            out = write_outputs(result, fixed, moving, f_work, m_work, Path(out_dir), dict(
-                method=method, model=model, center=center, compression=compression,
-                write_registered=write_registered, progress=progress, landmarks=landmarks,
-                points=points,
-            ))  # fmt: skip
-            stage("write")
-            details["seconds"] = seconds
-
+            return _register_open(fixed, moving, Path(out_dir), stage, settings)
     finally:
-        bar.close()
+        stage.bar.close()
+
+
+def _register_open(fixed: Slide, moving: Slide, out_dir: Path, stage: _Stages, s: dict):
+    """The stages of :func:`register_slides` on two open slides (``s``: its settings)."""
+    from comir.register import register
+    from comir.register.files import FileRegistration, _read_landmarks
+    from comir.slide.outputs import write_outputs
+    from comir.transform import image_center
+
+    points = _read_landmarks(s["landmarks"], fixed.shape, moving.shape)
+    mdl, embed, patch_embed = _embedder(s["model"], s["fixed_modality"], s["device"])
+    model_px = _model_pixel_size(mdl, s["model_pixel_size"])
+    d_f, d_m = working_downsamples(fixed, moving, s["max_size"], model_px, s["tol"])
+    f_work, m_work = read_at(fixed, d_f, s["tol"]), read_at(moving, d_m, s["tol"])
+    stage("read")
+    f_in = embed(f_work.image, "fixed", str(fixed.path))
+    m_in = embed(m_work.image, "moving", str(moving.path))
+    stage("embed")
+    res = register(f_in, m_in, method=s["method"], **s["options"])
+    stage("global")
+    center = image_center(moving.shape)
+    if not res.ok:
+        return FileRegistration(res, center)
+    full = _to_full(res.transform.matrix, f_work, m_work)
+    details = {**res.details, "rigid_score": res.score, **_working_details(f_work, m_work)}
+    final, more = _refine(fixed, moving, full, f_work, s["transform"], embed, patch_embed)
+    details.update(more)
+    stage("refine")
+    score = res.score
+    if s["transform"] == "deformable":
+        level = deform_level(fixed, s["max_size"], s["refine_size"], model_px, s["tol"])
+        final, ncc, more = _deform(fixed, moving, final.matrix, level, embed, s["refine"],
+                                   s["progress"])  # fmt: skip
+        details.update(more)
+        score = ncc if math.isfinite(ncc) else score
+        stage("deform")
+    seconds = time.perf_counter() - stage.t0
+    result = type(res)(final, score, seconds, "ok", res.method, details)
+    out = write_outputs(result, fixed, moving, f_work, m_work, out_dir, dict(
+        method=s["method"], model=s["model"], center=center, compression=s["compression"],
+        write_registered=s["write_registered"], progress=s["progress"],
+        landmarks=s["landmarks"], points=points,
+    ))  # fmt: skip
+    stage("write")
+    details["seconds"] = stage.seconds
     return out
