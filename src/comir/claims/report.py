@@ -220,6 +220,10 @@ def defaults_md(res: dict, fig: str) -> str:
         else "Variants whose whole interval lies above the default's (fft): "
         + ", ".join(better) + "."
     ) + (
+        " Below the default's interval (fft): "
+        + (", ".join(n for n, v in res.items() if v["success"]["fft"]["all"][2] < base[1])
+           or "none") + "."
+    ) + (
         " For CoMIR + SIFT, above the default's interval: " + (", ".join(better_sift) or "none")
         + "; " + spread({n: v["success"]["sift"]["all"] for n, v in res.items()}) + "."
     )  # fmt: skip
