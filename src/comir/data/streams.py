@@ -106,8 +106,10 @@ class PatchStream(IterableDataset):
     flip and rotation by a uniform angle in [-180°, 180°], both done for the whole batch
     by one bilinear ``grid_sample`` call. The corners a rotated crop needs come from the
     real surroundings of the crop, and from symmetric (reflect) padding of the image
-    where they leave it. Per-modality intensity changes follow (:func:`augment_batch`).
-    This is the training input of CoMIR (Pielawski, Wetzer et al., NeurIPS 2020; see
+    where they leave it. With a scale range, each sample's scale s is drawn first and its
+    crop is ``⌈P / s⌉`` px, placed uniformly in the image (so patches at every scale reach
+    the whole image), then area-averaged to ``P×P``. Per-modality intensity changes
+    follow (:func:`augment_batch`). This is the training input of CoMIR (Pielawski, Wetzer et al., NeurIPS 2020; see
     ``docs/architecture.md``).
 
     The stream is deterministic for a ``seed``; each DataLoader worker gets its own.
