@@ -109,8 +109,8 @@ class PatchStream(IterableDataset):
     where they leave it. With a scale range, each sample's scale s is drawn first and its
     crop is ``⌈P / s⌉`` px, placed uniformly in the image (so patches at every scale reach
     the whole image), then area-averaged to ``P×P``. Per-modality intensity changes
-    follow (:func:`augment_batch`). This is the training input of CoMIR (Pielawski, Wetzer et al., NeurIPS 2020; see
-    ``docs/architecture.md``).
+    follow (:func:`augment_batch`). This is the training input of CoMIR (Pielawski,
+    Wetzer et al., NeurIPS 2020; see ``docs/architecture.md``).
 
     The stream is deterministic for a ``seed``; each DataLoader worker gets its own.
     All images are held once more, padded, in one float32 tensor.
@@ -177,7 +177,12 @@ class PatchStream(IterableDataset):
         return torch.clamp(side, self.patch_size, self.footprint)
 
     def _rotated(
-        self, top: Tensor, left: Tensor, side, scale: Tensor | None, generator: torch.Generator
+        self,
+        top: Tensor,
+        left: Tensor,
+        side: int | Tensor,
+        scale: Tensor | None,
+        generator: torch.Generator,
     ) -> Tensor:
         """Flipped / rotated (/ rescaled) crops whose footprint (``side`` px, one or
         ``(B,)``) has top-left ``(top, left)`` in the atlas, ``(B, C, P, P)``."""
