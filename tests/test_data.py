@@ -580,3 +580,21 @@ def test_stream_without_scale_range_is_unchanged_and_bad_ranges_fail() -> None:
         AugmentConfig(scale_min=0.0)
     with pytest.raises(ComirError, match="scale-range"):
         data.PatchStream(ps, 16, 8, AugmentConfig(scale_min=0.25), seed=1)  # 64 px > 40 px
+
+
+def test_stream_scale_augmentation_reaches_the_whole_image_at_fine_scales() -> None:
+    """Crops are drawn per sample for that sample's scale: on an image exactly as wide as
+    the footprint of the smallest scale (4 P), patches near scale 1 still lie anywhere
+    across it, not all on its centre column (the footprint of scale 1/4 has one position)."""
+    img = coord_image(64, 64)[..., ::-1].copy()  # (x, y)
+    ps = make_set([img], [img[..., :1]])
+    cfg = AugmentConfig(rotate=False, flip=False, scale_min=0.25, scale_max=1.0)
+    xa, _ = next(iter(data.PatchStream(ps, 16, 512, cfg, seed=2)))
+    patch = xa.numpy()
+    slope = np.diff(patch[:, 0], axis=2).mean(axis=(1, 2))  # 1 / scale
+    centre_x = patch[:, 0, 7:9, 7:9].mean(axis=(1, 2))
+    span = 16 * slope  # source columns each patch covers
+    # every patch inside the image; fine-scale patches spread over its width
+    assert (centre_x - span / 2 >= -0.5 - 1e-3).all() and (centre_x + span / 2 <= 63.5 + 1e-3).all()
+    fine = centre_x[slope < 1.25]
+    assert fine.size > 50 and fine.min() < 16 and fine.max() > 47

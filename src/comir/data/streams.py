@@ -65,10 +65,16 @@ class _Sampler:
     def __post_init__(self) -> None:
         self.weights = (self.sizes[:, 0] * self.sizes[:, 1]).to(torch.float64)
 
-    def draw(self, n: int, patch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """Image index, top row and left column of ``n`` crops, each ``(n,)`` int64."""
+    def draw(
+        self, n: int, patch_size: int | Tensor, g: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Image index, top row and left column of ``n`` crops, each ``(n,)`` int64.
+
+        ``patch_size``: one crop side for all, or ``(n,)`` int64 sides, one per crop.
+        """
         idx = torch.multinomial(self.weights, n, replacement=True, generator=g)
-        room = self.sizes[idx] - patch_size + 1  # (n, 2) number of valid offsets
+        side = patch_size[:, None] if isinstance(patch_size, Tensor) else patch_size
+        room = self.sizes[idx] - side + 1  # (n, 2) number of valid offsets
         u = torch.rand(n, 2, generator=g, dtype=torch.float64)
         off = torch.minimum((u * room).long(), room - 1)
         return idx, off[:, 0], off[:, 1]
@@ -100,9 +106,11 @@ class PatchStream(IterableDataset):
     flip and rotation by a uniform angle in [-180°, 180°], both done for the whole batch
     by one bilinear ``grid_sample`` call. The corners a rotated crop needs come from the
     real surroundings of the crop, and from symmetric (reflect) padding of the image
-    where they leave it. Per-modality intensity changes follow (:func:`augment_batch`).
-    This is the training input of CoMIR (Pielawski, Wetzer et al., NeurIPS 2020; see
-    ``docs/architecture.md``).
+    where they leave it. With a scale range, each sample's scale s is drawn first and its
+    crop is ``⌈P / s⌉`` px, placed uniformly in the image (so patches at every scale reach
+    the whole image), then area-averaged to ``P×P``. Per-modality intensity changes
+    follow (:func:`augment_batch`). This is the training input of CoMIR (Pielawski,
+    Wetzer et al., NeurIPS 2020; see ``docs/architecture.md``).
 
     The stream is deterministic for a ``seed``; each DataLoader worker gets its own.
     All images are held once more, padded, in one float32 tensor.
@@ -134,7 +142,7 @@ class PatchStream(IterableDataset):
     ) -> None:
         super().__init__()
         scaled = augment is not None and augment.scaled
-        # crops are drawn for the footprint of the patch at the smallest scale
+        # the largest crop, a patch at the smallest scale; images must hold it
         self.footprint = (
             math.ceil(patch_size / min(1.0, augment.scale_min)) if scaled else int(patch_size)
         )
@@ -152,21 +160,43 @@ class PatchStream(IterableDataset):
         self._atlas, self._row0 = _atlas(pairs, self.margin)
         self._sampler = _Sampler(torch.tensor([im.shape[:2] for im in pairs.images_a]))
 
-    def _rotated(self, top: Tensor, left: Tensor, generator: torch.Generator) -> Tensor:
-        """Flipped / rotated (/ rescaled) crops whose footprint has top-left ``(top, left)``
-        in the atlas, ``(B, C, P, P)``."""
+    def _scales(self, generator: torch.Generator) -> Tensor | None:
+        """Log-uniform scale per sample ``(B,)`` float64, None without a scale range."""
+        cfg = self.augment
+        if cfg is None or not cfg.scaled:
+            return None
+        lo, hi = math.log(cfg.scale_min), math.log(cfg.scale_max)
+        v = torch.rand(self.batch_size, generator=generator, dtype=torch.float64)
+        return torch.exp(lo + (hi - lo) * v)
+
+    def _footprints(self, scale: Tensor | None) -> int | Tensor:
+        """Crop side each sample needs: ``P``, or ``⌈P / s⌉`` per sample ``(B,)`` int64."""
+        if scale is None:
+            return self.patch_size
+        side = torch.ceil(self.patch_size / scale - 1e-9).to(torch.int64)
+        return torch.clamp(side, self.patch_size, self.footprint)
+
+    def _rotated(
+        self,
+        top: Tensor,
+        left: Tensor,
+        side: int | Tensor,
+        scale: Tensor | None,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """Flipped / rotated (/ rescaled) crops whose footprint (``side`` px, one or
+        ``(B,)``) has top-left ``(top, left)`` in the atlas, ``(B, C, P, P)``."""
         p, b, cfg = self.patch_size, self.batch_size, self.augment
         u = torch.rand(b, 2, generator=generator, dtype=torch.float64)
         angle = (2.0 * u[:, 0] - 1.0) * math.pi if cfg.rotate else torch.zeros(b)
         flip = u[:, 1] < 0.5 if cfg.flip else torch.zeros(b, dtype=torch.bool)
-        centre = torch.stack([left, top], 1).to(torch.float64) + (self.footprint - 1) / 2.0
+        half = (torch.as_tensor(side, dtype=torch.float64) - 1.0) / 2.0
+        centre = torch.stack([left, top], 1).to(torch.float64) + half.reshape(-1, 1)
         _, c, h, w = self._atlas.shape
-        k, scale = 1, None
-        if cfg.scaled:  # log-uniform scale; k×k sub-samples per pixel, averaged (area filter)
-            lo, hi = math.log(cfg.scale_min), math.log(cfg.scale_max)
-            v = torch.rand(b, generator=generator, dtype=torch.float64)
+        k = 1
+        if scale is not None:  # k×k sub-samples per pixel, averaged (area filter)
             k = cfg.supersample
-            scale = torch.exp(lo + (hi - lo) * v) * k
+            scale = scale * k
         grid = rotation_grid(centre, angle, flip, k * p, h, w, scale).reshape(
             1, b * k * p, k * p, 2
         )
@@ -178,12 +208,17 @@ class PatchStream(IterableDataset):
     def sample_batch(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw one batch ``(xa (B, Ca, P, P), xb (B, Cb, P, P))`` using ``generator``."""
         p, m, b = self.patch_size, self.margin, self.batch_size
-        idx, rows, cols = self._sampler.draw(b, self.footprint, generator)
+        # Each crop is drawn for its own scale's footprint, so that at fine scales the
+        # patch still reaches every part of the image (not only the centre of a crop
+        # sized for the smallest scale).
+        scale = self._scales(generator)
+        side = self._footprints(scale)
+        idx, rows, cols = self._sampler.draw(b, side, generator)
         top = self._row0[idx] + rows + m  # crop's top row and left column in the atlas
         left = cols + m
         cfg = self.augment
         if cfg is not None and (cfg.flip or cfg.rotate or cfg.scaled):
-            out = self._rotated(top, left, generator)
+            out = self._rotated(top, left, side, scale, generator)
         else:
             crops = [
                 self._atlas[0, :, y : y + p, x : x + p] for y, x in zip(top.tolist(), left.tolist())
