@@ -298,3 +298,20 @@ def test_weight_seed_draws_the_initial_weights_apart_from_the_stream_seed(data, 
     assert same(final["s0"], final["s0w0"])
     assert not same(final["s0w0"], final["s1w0"])
     assert json.loads((runs["s1w0"] / "config.json").read_text())["train"]["weight_seed"] == 0
+
+
+def test_training_pixel_size_is_stored_and_read_by_slide_registration(data, tmp_path, capsys):
+    from comir.cli import main
+    from comir.embed import load_model
+    from comir.slide.register import _model_pixel_size
+
+    run = train(tiny_config(data, pixel_size_um=0.5), tmp_path / "px", progress=False)
+    model = load_model(run, device="cpu")
+    assert model.config["train"]["pixel_size_um"] == 0.5
+    assert _model_pixel_size(model, None) == 0.5  # what picks the slide's working level
+    assert _model_pixel_size(model, 2.0) == 2.0  # given explicitly: wins
+    plain = train(tiny_config(data), tmp_path / "plain", progress=False)
+    assert _model_pixel_size(load_model(plain, device="cpu"), None) is None
+    rc = main(["train", str(data), "--out", str(tmp_path / "bad"), "--pixel-size", "0"])
+    assert rc == 2 and "pixel_size_um=0.0 is invalid" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -49,7 +49,9 @@ class TrainConfig:
     converts batch norm to :class:`torch.nn.SyncBatchNorm` there (CUDA only).
     ``seed`` drives the patch stream and, unless ``weight_seed`` is given, the initial
     weights too; ``weight_seed`` draws the initial weights alone (the seed experiment of
-    Pielawski et al. 2020, §4, compares runs that share it).
+    Pielawski et al. 2020, §4, compares runs that share it). ``pixel_size_um`` (µm per
+    pixel of the training images) is what whole-slide registration embeds a slide at
+    (:func:`comir.slide.register_slides` picks the level of that pixel size).
     """
 
     data: str
@@ -88,6 +90,7 @@ class TrainConfig:
     augment: dict = field(default_factory=dict)
     precision: str = "auto"
     sync_bn: bool = False
+    pixel_size_um: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of all fields."""
@@ -138,6 +141,12 @@ class TrainConfig:
                 raise self._bad(where, name, "give a table/dict of options")
         if self.steps is not None and not (is_int(self.steps) and self.steps >= 1):
             raise self._bad(where, "steps", "give a positive integer")
+        px = self.pixel_size_um
+        if px is not None and (isinstance(px, bool) or not isinstance(px, (int, float))
+                               or not math.isfinite(px) or px <= 0):  # fmt: skip
+            raise self._bad(where, "pixel_size_um", "give the training pixel size in µm (> 0)")
+        if px is not None:
+            self.pixel_size_um = float(px)
         if self.weight_seed is not None and not (
             is_int(self.weight_seed) and self.weight_seed >= 0
         ):

@@ -12,7 +12,7 @@ _TRAIN_FLAGS = (
     "layout", "a", "b", "val", "val_fraction", "preset", "steps", "epochs", "steps_per_epoch",
     "batch_size", "patch_size", "critic", "tau", "optimizer", "lr", "weight_decay", "l1", "l2",
     "latent_channels", "seed", "weight_seed", "device", "workers", "norm", "norm_b", "log_a", "log_b",
-    "equivariance", "precision", "sync_bn",
+    "equivariance", "precision", "sync_bn", "pixel_size_um",
 )  # fmt: skip
 
 
@@ -50,6 +50,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         "--seed", type=int, help="patch-stream seed, and weight seed unless --weight-seed (0)"
     )
     p.add_argument("--weight-seed", type=int, help="seed of the initial weights alone (--seed)")
+    p.add_argument(
+        "--pixel-size", dest="pixel_size_um", type=float, metavar="UM",
+        help="µm per pixel of the training images, stored with the model: whole-slide "
+        "registration then embeds slides at that pixel size (unset)",
+    )  # fmt: skip
     p.add_argument("--device", choices=DEVICES, help="(auto)")
     p.add_argument("--workers", type=int, help="data loading processes (0)")
     p.add_argument(

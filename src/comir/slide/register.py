@@ -103,7 +103,8 @@ def _model_pixel_size(model, given: float | None) -> float | None:
     if given is not None or model is None:
         return given
     cfg = getattr(model, "config", None) or {}
-    value = cfg.get("pixel_size_um", (cfg.get("data") or {}).get("pixel_size_um"))
+    value = next((d["pixel_size_um"] for d in (cfg, cfg.get("train") or {}, cfg.get("data") or {})
+                  if d.get("pixel_size_um") is not None), None)  # fmt: skip
     return None if value is None else float(value)
 
 
