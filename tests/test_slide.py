@@ -359,3 +359,23 @@ def test_deform_level_follows_the_model_pixel_size(tmp_path, rgb):
         assert deform_level(s, 64, 600, model_px=0.5) == 1  # an explicit size that agrees
         with pytest.warns(ComirWarning, match=r"level 3 \(2 µm.*refine_size=500"):
             assert deform_level(s, 64, 200, model_px=0.5) == 3
+
+
+def test_cli_embed_writes_a_comir_pyramid_of_a_slide_level(tmp_path, tiny_run, scene, capsys):
+    from comir.cli import main
+    from comir.embed import load_model
+
+    tiny_run(tmp_path / "run")
+    img = scene(256, 240)
+    levels = [img, np.ascontiguousarray(img[::2, ::2])]
+    write_ome_pyramid(tmp_path / "s.ome.tif", levels, tile=128)
+    args = ["embed", str(tmp_path / "run"), str(tmp_path / "s.ome.tif"), "--modality", "a",
+            "--out", str(tmp_path / "e"), "--format", "ome.tif", "--quiet", "--level"]  # fmt: skip
+    assert main([*args, "1"]) == 0
+    with tifffile.TiffFile(tmp_path / "e" / "s.ome.tif") as tif:
+        got = tif.series[0].levels[0].asarray()
+    ref = load_model(tmp_path / "run", device="cpu").embed(levels[1], "a", max_pixels=None)
+    assert got.shape == (128, 120)  # level 1, one latent channel
+    np.testing.assert_allclose(got, ref[..., 0], atol=1e-4 * float(np.abs(ref).max()))
+    assert main([*args, "5", "--overwrite"]) == 2
+    assert "--level 5 does not exist; the slide has levels 0–" in capsys.readouterr().err

@@ -203,7 +203,15 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
     p.add_argument("--modality", required=True, type=str.lower, choices=("a", "b"))
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--format", default="tif", choices=("tif", "png", "npy"), help="(tif)")
+    p.add_argument(
+        "--format", default="tif", choices=("tif", "png", "npy", "ome.tif", "zarr"),
+        help="ome.tif / zarr: each input read as a slide (comir.slide.open_slide) and its CoMIR "
+        "written as a tiled float32 pyramid in bounded memory (tif)",
+    )  # fmt: skip
+    p.add_argument(
+        "--level", type=int, default=0, metavar="N",
+        help="with --format ome.tif|zarr: the slide level to embed (0 = full resolution)",
+    )  # fmt: skip
     p.add_argument("--tile", type=int, metavar="T", help="tile size (default: whole image)")
     p.add_argument(
         "--overlap", type=int, metavar="O",
@@ -241,12 +249,57 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
 def _embed_command(args: argparse.Namespace) -> int:
     import time
 
-    from comir.embed import embed_files, load_model
+    from comir.embed import load_model
 
     t0 = time.perf_counter()
     model = load_model(args.run, args.device, args.precision, runtime=args.runtime)
     model.compile = args.compile
-    outs = embed_files(
+    if args.format in SLIDE_FORMATS:
+        outs = _embed_slides(model, args)
+    else:
+        outs = _embed_images(model, args)
+    part = f" (shard {args.shard})" if args.shard else ""
+    print(
+        f"embedded {len(outs)} image(s){part} as modality {args.modality.upper()} into {args.out} "
+        f"({args.format}, L={model.latent_channels}) in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+#: ``comir embed --format`` values written as pyramids by :func:`comir.slide.write_comir_slide`.
+SLIDE_FORMATS = ("ome.tif", "zarr")
+
+
+def _embed_slides(model, args: argparse.Namespace) -> list:
+    """Each input as a slide: the CoMIR of ``--level`` written as ``OUT/<stem>.<format>``."""
+    from pathlib import Path
+
+    from comir.slide import open_slide, write_comir_slide
+
+    if args.shard or args.scheduler:
+        raise ComirError(
+            f"--format {args.format} embeds slides one by one; drop --shard/--scheduler"
+        )
+    outs = []
+    for src in map(Path, args.inputs):
+        stem = src.name.split(".")[0]
+        dst = Path(args.out) / f"{stem}.{args.format}"
+        if dst.exists() and not args.overwrite:
+            outs.append(dst)
+            continue
+        with open_slide(src) as slide:
+            if not 0 <= args.level < len(slide.levels):
+                raise ComirError(f"{src}: --level {args.level} does not exist; the slide has "
+                                 f"levels 0–{len(slide.levels) - 1}")  # fmt: skip
+            outs.append(write_comir_slide(model, slide, args.modality, dst, level=args.level,
+                                          tile=args.tile or 1024, progress=not args.quiet))  # fmt: skip
+    return outs
+
+
+def _embed_images(model, args: argparse.Namespace) -> list:
+    from comir.embed import embed_files
+
+    return embed_files(
         model,
         args.inputs,
         args.modality,
@@ -260,9 +313,3 @@ def _embed_command(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         scheduler=args.scheduler,
     )
-    part = f" (shard {args.shard})" if args.shard else ""
-    print(
-        f"embedded {len(outs)} image(s){part} as modality {args.modality.upper()} into {args.out} "
-        f"({args.format}, L={model.latent_channels}) in {time.perf_counter() - t0:.1f} s"
-    )
-    return 0
