@@ -330,6 +330,11 @@ def register_sift(
     f8, m8 = (
         _to_uint8(img, name, s["gray"]) for img, name in ((fixed, "fixed"), (moving, "moving"))
     )
+    return _sift_rigid(f8, m8, s, seed, preset)
+
+
+def _sift_rigid(f8: np.ndarray, m8: np.ndarray, s: dict, seed: int, preset: str):
+    """Keypoints, matches and the RANSAC rigid fit of two 8-bit images (settings ``s``)."""
     thr = s["threshold"]
     if thr is None:
         thr = max(3.0, 0.01 * max(f8.shape + m8.shape))
