@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from comir.claims.sections import SIFT_BEFORE
 from comir.register import register
 from comir.register.sift import PRESETS, _keypoints, ransac_rigid
 from comir.transform import RigidTransform, image_center
@@ -18,16 +19,7 @@ from comir.transform import functional as F
 
 SIZE = 96
 #: The ``comir`` preset before this change (Lowe's ratio test on OpenCV's default detector).
-OLD = {
-    "matcher": "ratio",
-    "ratio": 0.75,
-    "n_features": 0,
-    "contrast_threshold": 0.04,
-    "sigma": 1.6,
-    "upsample": 1,
-    "orientation": False,
-    "iterations": 2000,
-}
+OLD = SIFT_BEFORE
 
 
 def comir_like_pair(textured, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
