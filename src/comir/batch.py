@@ -165,6 +165,21 @@ class ImageSource:
         return band
 
 
+def tiff_segments(page) -> tuple[np.ndarray, dict[str, Any]]:
+    """Where each tile or strip of a tifffile page lies, ``(n, 5)`` int64 rows of
+    (sample, y, x, height, width), and the keyword arguments ``page.decode`` needs for
+    them (full-size tiles; JPEG tables)."""
+    n_seg = len(page.dataoffsets)
+    pos = np.empty((n_seg, 5), dtype=np.int64)
+    for k in range(n_seg):  # per segment, not per pixel: tifffile's own layout lookup
+        (si, _, y, x, _), (_, sh, sw, _) = page.decode(None, k)[1:]
+        pos[k] = (si, y, x, sh, sw)
+    args: dict[str, Any] = {"_fullsize": bool(page.is_tiled)}
+    if page.compression in (6, 7, 34892, 33007):  # JPEG flavours
+        args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+    return pos, args
+
+
 class _TiffSource(ImageSource):
     """Single-page TIFF read segment by segment (strips or tiles)."""
 
@@ -179,16 +194,7 @@ class _TiffSource(ImageSource):
         self._norm_shape = (s, h, w, c)
         self.dtype = np.dtype(page.dtype)
         self.shape = (h, w) if s * c == 1 else (h, w, s * c)
-        n_seg = len(page.dataoffsets)
-        pos = np.empty((n_seg, 5), dtype=np.int64)  # sample, y, x, height, width
-        for k in range(n_seg):
-            (si, _, y, x, _), (_, sh, sw, _) = page.decode(None, k)[1:]
-            pos[k] = (si, y, x, sh, sw)
-        self._pos = pos
-        self._decodeargs: dict[str, Any] = {"_fullsize": bool(page.is_tiled)}
-        if page.compression in (6, 7, 34892, 33007):  # JPEG flavours
-            self._decodeargs["jpegtables"] = page.jpegtables
-            self._decodeargs["jpegheader"] = page.jpegheader
+        self._pos, self._decodeargs = tiff_segments(page)
 
     def read_rows(self, r0: int, r1: int) -> np.ndarray:
         s, h, w, c = self._norm_shape

@@ -348,29 +348,39 @@ def make_eval(
         ``out``.
     """
     from comir.data import load_pairs
+    from comir.evaluate.deform import check_deform
 
     width = int(width)
     levels = _check_options(width, bits, tiling, levels, trans_step)
     step = P.translation_step(width, trans_step)
     off = _resolve_offset(offset, width)
-    from comir.evaluate.deform import check_deform
-
     scale = check_deform(deform, deform_scale, width)
     pairs = load_pairs(root, layout=layout, a=a, b=b, norm=norm, **load_options)
     out = Path(out)
     _, (_, t_hi) = P.level_ranges(max(levels), width, step)
     places = _placements(pairs, width, context_margin(width, t_hi), per_image, seed, tiling, off)
+    field = None if scale is None else (float(deform), scale)
+    _write_levels(out, levels, places, pairs, width, seed, step, bits, field, progress)
+    info = _set_info(root, layout, a, b, norm, pairs.spec, width, levels, per_image, seed)
+    info.update(bits=bits, tiling=tiling, offset=off, trans_step_px=step)
+    _write_info(out, info, field, len(places), bits)
+    return out
+
+
+def _write_levels(out: Path, levels, places, pairs, width, seed, step, bits, field, progress):
+    """Every ``patch_tlevel<k>`` folder of the set, with a progress bar over levels."""
     bar = progress_bar(len(levels), "make-eval", progress, unit="level")
     for level in levels:
         _write_level(out / f"patch_tlevel{level}", level, places, pairs, width, seed, step, bits,
-                     None if scale is None else (float(deform), scale))  # fmt: skip
+                     field)  # fmt: skip
         bar.update(1)
     bar.close()
-    info = _set_info(root, layout, a, b, norm, pairs.spec, width, levels, per_image, seed)
-    info.update(bits=bits, tiling=tiling, offset=off, trans_step_px=step)
-    if scale is not None:
-        info.update(deform_px=float(deform), deform_scale_px=scale,
+
+
+def _write_info(out: Path, info: dict, field: tuple | None, n: int, bits: int) -> None:
+    """``eval_info.json``: the set's options, the deformation (if any) and the value scale."""
+    if field is not None:
+        info.update(deform_px=field[0], deform_scale_px=field[1],
                     landmarks="patch_tlevel<k>/landmarks_test.csv, truth/<id>.json")  # fmt: skip
-    info.update(n_per_level=len(places), values=f"prepared float = stored value / {unit_max(bits)}")
+    info.update(n_per_level=n, values=f"prepared float = stored value / {unit_max(bits)}")
     write_text(out / "eval_info.json", json.dumps(info, indent=2) + "\n")
-    return out

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +352,18 @@ def _method_name(method) -> str:
     return method
 
 
+def _results_folder(eval_dir, out, name: str, model, direction: str) -> Path:
+    """``out`` (created), default ``eval_dir/results/<method>[_comir]_<direction>``."""
+    if direction not in DIRECTIONS:
+        raise ComirError(
+            f"--direction {direction!r} is invalid; use one of {', '.join(DIRECTIONS)}"
+        )
+    tag = f"{name}{'_comir' if model is not None else ''}_{direction}"
+    out = Path(eval_dir) / "results" / tag if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def evaluate(
     eval_dir: str | os.PathLike,
     method: str | Callable = "fft",
@@ -415,23 +428,16 @@ def evaluate(
     from comir.evaluate.shards import run_shard
 
     t_start = time.perf_counter()
-    if direction not in DIRECTIONS:
-        raise ComirError(
-            f"--direction {direction!r} is invalid; use one of {', '.join(DIRECTIONS)}"
-        )
     name = _method_name(method)
     levels = [read_level(p) for p in find_levels(eval_dir)]
-    tag = f"{name}{'_comir' if model is not None else ''}_{direction}"
-    out = Path(eval_dir) / "results" / tag if out is None else Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _results_folder(eval_dir, out, name, model, direction)
     pairs = pair_table(levels, direction)
     header = _header(eval_dir, name, model, direction, method_options, len(pairs))
     shard = parse_shard(shard)
     own = [pairs[i] for i in shard_indices([(p.label, p.name) for p in pairs], shard)]
 
-    def compute():
-        args = (method, method_options, model, eval_dir, direction, out, workers, progress)
-        return compute_pairs(own, *args, pool=pool, scheduler=scheduler)
+    args = (method, method_options, model, eval_dir, direction, out, workers, progress)
+    compute = partial(compute_pairs, own, *args, pool=pool, scheduler=scheduler)
 
     if shard is None:
         results, embed_seconds = compute()

@@ -380,6 +380,25 @@ def _warn_failures(rows: list[dict]) -> None:
             warn(f"pair {r['name']} failed: {why}{where}")
 
 
+def _job_device(spec, device: str, any_jobs: bool) -> str:
+    """Workers that load the model themselves (``spec`` a run folder) use the device
+    resolved here, so that every worker agrees."""
+    if isinstance(spec, str) and any_jobs:
+        from comir.runtime import resolve_device
+
+        return str(resolve_device(device))
+    return device
+
+
+def _shard_table(table: list, shard) -> tuple[list, str]:
+    """The pairs of ``shard`` (all without one) and the name of their summary file."""
+    from comir.batch import parse_shard, shard_indices
+
+    part = parse_shard(shard)
+    table = [table[i] for i in shard_indices([p.name for p in table], part)]
+    return table, SUMMARY if part is None else f"summary.shard-{part[0]}-of-{part[1]}.csv"
+
+
 def register_pairs(
     pairs: PathLike | Sequence[Sequence[PathLike]],
     out_dir: PathLike,
@@ -434,11 +453,7 @@ def register_pairs(
     from comir.scale import check_scheduler
 
     t0 = time.perf_counter()
-    from comir.batch import parse_shard, shard_indices
-
-    table, part = read_pairs(pairs), parse_shard(shard)
-    table = [table[i] for i in shard_indices([p.name for p in table], part)]
-    summary = SUMMARY if part is None else f"summary.shard-{part[0]}-of-{part[1]}.csv"
+    table, summary = _shard_table(read_pairs(pairs), shard)
     _check_method(method, options)
     if fixed_modality not in ("a", "b"):
         raise ComirError(f"fixed_modality must be 'a' or 'b', got {fixed_modality!r}")
@@ -449,10 +464,7 @@ def register_pairs(
     todo = [p for p in table if done[p.name] is None]
     n = max(1, min(int(workers or default_workers(len(todo))), max(len(todo), 1)))
     spec = _worker_model_spec(model, bool(todo) and (scheduler is not None or n > 1))
-    if isinstance(spec, str) and todo:  # workers load the model on the device resolved here
-        from comir.runtime import resolve_device
-
-        device = str(resolve_device(device))
+    device = _job_device(spec, device, bool(todo))
     jobs = [BatchJob(p, str(out), method, spec, fixed_modality, device, options, settings)
             for p in todo]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

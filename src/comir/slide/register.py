@@ -297,6 +297,22 @@ def _working_details(f_work, m_work) -> dict:
     }
 
 
+def _checked(transform: str, max_size: int | None, options: dict) -> tuple[int, dict]:
+    """Validated ``max_size`` (default :data:`MAX_SIZE`) and the ``refine`` options popped
+    from ``options``."""
+    from comir.register import TRANSFORMS
+
+    if transform not in TRANSFORMS:
+        raise ComirError(f"transform={transform!r}: choose one of {', '.join(TRANSFORMS)}")
+    max_size = MAX_SIZE if max_size is None else max_size
+    if not int(max_size) >= 64:
+        raise ComirError(f"--max-size {max_size}: give at least 64 px")
+    refine = dict(options.pop("refine", None) or {})
+    if refine and transform != "deformable":
+        raise ComirError(f"refine options {sorted(refine)} need transform='deformable'")
+    return int(max_size), refine
+
+
 def register_slides(
     fixed_path: PathLike,
     moving_path: PathLike,
@@ -355,21 +371,12 @@ def register_slides(
     comir.register.files.FileRegistration
         ``result.details`` holds the levels, shapes, pixel sizes and seconds per stage.
     """
-    from comir.register import TRANSFORMS
-
-    if transform not in TRANSFORMS:
-        raise ComirError(f"transform={transform!r}: choose one of {', '.join(TRANSFORMS)}")
-    max_size = MAX_SIZE if max_size is None else max_size
-    if not int(max_size) >= 64:
-        raise ComirError(f"--max-size {max_size}: give at least 64 px")
+    max_size, refine = _checked(transform, max_size, options)
     px = pixel_size if isinstance(pixel_size, tuple | list) else (pixel_size, pixel_size)
-    refine = dict(options.pop("refine", None) or {})
-    if refine and transform != "deformable":
-        raise ComirError(f"refine options {sorted(refine)} need transform='deformable'")
     stage = _Stages(progress, time.perf_counter(), transform == "deformable")
     settings = dict(
         method=method, model=model, fixed_modality=fixed_modality, device=device,
-        landmarks=landmarks, transform=transform, max_size=int(max_size),
+        landmarks=landmarks, transform=transform, max_size=max_size,
         refine_size=refine_size, model_pixel_size=model_pixel_size, tol=pixel_tolerance,
         compression=compression, write_registered=write_registered, progress=progress,
         refine=refine, options=options,

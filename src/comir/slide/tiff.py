@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from comir.batch import tiff_segments
 from comir.errors import ComirError
 
 #: Bytes of decoded tiles a TIFF slide keeps for reuse (all its levels together).
@@ -54,15 +55,7 @@ class _PageReader:
             raise ComirError(f"{path}: volumes (depth {d}) are not slides; give a 2-D image")
         self.norm = (s, h, w, c)
         self.dtype = np.dtype(page.dtype)
-        n = len(page.dataoffsets)
-        pos = np.empty((n, 5), dtype=np.int64)  # sample, y, x, height, width
-        for k in range(n):
-            (si, _, y, x, _), (_, sh, sw, _) = page.decode(None, k)[1:]
-            pos[k] = (si, y, x, sh, sw)
-        self._pos = pos
-        self._args: dict = {"_fullsize": bool(page.is_tiled)}
-        if page.compression in (6, 7, 34892, 33007):  # JPEG flavours
-            self._args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+        self._pos, self._args = tiff_segments(page)
 
     def _decode(self, keys: list[int]) -> None:
         page, fh = self._page, self._tif.filehandle
